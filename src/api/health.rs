@@ -1,0 +1,25 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::gateway::AppState;
+
+/// `GET /healthz`: 200 while the process runs.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 when the engine is connected and subscriptions are in place; 503 while it
+/// is not, and while the node drains.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+    } else if !state.engine.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "engine_unavailable" })))
+    } else {
+        (StatusCode::OK, Json(json!({ "status": "ready", "node": state.node_id })))
+    }
+}

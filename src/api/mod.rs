@@ -1,0 +1,24 @@
+//! HTTP routes besides the WebSocket: health, readiness, and the admin API.
+
+pub mod admin;
+pub mod error;
+pub mod health;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::gateway::AppState;
+
+/// Largest accepted request body (SPEC §4: larger ones get 413).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The API routes, to merge into the node's router.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/admin/tenants/{tenant}/events", post(admin::publish_event))
+        .route("/api/admin/stats", get(admin::stats))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}

@@ -1,0 +1,226 @@
+//! What each subcommand does. `main.rs` parses, initialises telemetry and maps the errors
+//! returned here to exit codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Signer, Verifier, valid_tenant_id};
+use crate::config::{AuthArgs, ConfigError, PublishArgs, ServeArgs, TokenArgs};
+use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{ConnectMode, RedisEngine};
+use crate::engine::{EngineError, HistoryConfig, SharedEngine};
+use crate::gateway::{self, AppState, Settings};
+use crate::protocol::{EventDraft, EventType};
+
+/// A failed command, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Exit 2: invalid configuration or input.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Exit 2: invalid input to a command.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit 1: the engine (Redis) cannot be used.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Exit 1: the server failed.
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
+    /// Exit 1: the listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl CommandError {
+    /// Process exit code: 2 for bad configuration or input, 1 for runtime failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn history(size: u32, ttl_secs: u64) -> HistoryConfig {
+    HistoryConfig {
+        size,
+        ttl: Duration::from_secs(ttl_secs),
+    }
+}
+
+/// A random alphanumeric string (demo secret, node id suffix).
+fn random_string(len: usize) -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// The default node id: host name plus a random suffix, so restarts are distinguishable.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", random_string(6).to_lowercase())
+}
+
+/// Connects the Redis engine, retrying until `shutdown` (a node may start before Redis).
+async fn connect_redis(
+    url: &str,
+    history: HistoryConfig,
+    shutdown: &CancellationToken,
+) -> Result<RedisEngine, CommandError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match RedisEngine::connect(url, history, ConnectMode::Service).await {
+            Ok(engine) => return Ok(engine),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(error.into()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Checks the URL scheme before any connection attempt (a typo fails at start-up, exit 2).
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("redis://") {
+        Ok(())
+    } else if url.starts_with("rediss://") || url.starts_with("redis-cluster://") {
+        Err(ConfigError::new(
+            "REDIS_URL",
+            "TLS (rediss://) and Redis Cluster (redis-cluster://) are not supported by this build yet",
+        ))
+    } else {
+        Err(ConfigError::new("REDIS_URL", "expected a redis:// URL"))
+    }
+}
+
+/// `serve`: runs a gateway node until SIGTERM/SIGINT.
+pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
+    let shutdown = CancellationToken::new();
+    crate::shutdown::cancel_on_signal(shutdown.clone());
+
+    if args.demo {
+        if args.redis.redis_url.take().is_some() {
+            tracing::warn!("--demo runs the embedded engine; REDIS_URL is ignored");
+        }
+        if args.auth.jwt_secret.is_none() && args.auth.jwt_public_key.is_none() {
+            args.auth.jwt_secret = Some(random_string(32));
+        }
+    }
+    let verifier = Verifier::from_args(&args.auth)?;
+    let settings = Settings {
+        node_id: args.node_id.clone().unwrap_or_else(default_node_id),
+        allowed_origins: args.origins()?,
+        max_connections: args.max_connections,
+        max_frame_bytes: args.max_frame_bytes as usize,
+        ping_interval: Duration::from_secs(args.ping_interval_secs),
+        session_queue_len: args.session_queue_len as usize,
+        unsubscribe_delay: args.unsubscribe_delay()?,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+    };
+    let history = history(args.history_size, args.history_ttl_secs);
+    let engine: SharedEngine = match &args.redis.redis_url {
+        Some(url) => {
+            check_redis_url(url)?;
+            Arc::new(connect_redis(url, history, &shutdown).await?)
+        }
+        None => Arc::new(MemoryEngine::new(history)),
+    };
+
+    let addr = std::net::SocketAddr::new(args.host, args.port);
+    let listener = TcpListener::bind(addr).await.map_err(|source| CommandError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let state = AppState::new(settings, verifier, engine);
+    if args.demo {
+        print_demo_banner(&args.auth, listener.local_addr().ok());
+    }
+    gateway::run(listener, state, shutdown).await?;
+    Ok(())
+}
+
+/// Prints the ready-to-use URLs and tokens of `--demo`.
+fn print_demo_banner(auth: &AuthArgs, addr: Option<std::net::SocketAddr>) {
+    let Ok(signer) = Signer::from_args(auth) else {
+        return;
+    };
+    let port = addr.map(|a| a.port()).unwrap_or(5000);
+    let day = 24 * 3600;
+    let acme = signer.mint(Some("acme"), false, day);
+    let globex = signer.mint(Some("globex"), false, day);
+    let admin = signer.mint(None, true, day);
+    println!(
+        "\nlicense-gateway demo (embedded engine)\n\
+         \n  WebSocket (tenant acme):   ws://127.0.0.1:{port}/ws/license?token={acme}\
+         \n  WebSocket (tenant globex): ws://127.0.0.1:{port}/ws/license?token={globex}\
+         \n  Admin token:               {admin}\
+         \n\n  Publish an event to acme:\
+         \n    curl -X POST http://127.0.0.1:{port}/api/admin/tenants/acme/events \\\
+         \n      -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\
+         \n      -d '{{\"type\":\"usage_limit_warning\",\"data\":{{\"metric\":\"users\",\"used\":85,\"limit\":100,\"percent\":85}}}}'\n"
+    );
+}
+
+/// `token`: prints a JWT alone on one line.
+pub fn token(args: &TokenArgs) -> Result<String, CommandError> {
+    if let Some(t) = &args.tenant
+        && !valid_tenant_id(t)
+    {
+        return Err(CommandError::Usage(format!("invalid tenant id {t:?}")));
+    }
+    let signer = Signer::from_args(&args.auth)?;
+    Ok(signer.mint(args.tenant.as_deref(), args.admin, args.ttl))
+}
+
+/// `publish`: validates the event, publishes it through Redis, returns its id.
+pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
+    if !valid_tenant_id(&args.tenant) {
+        return Err(CommandError::Usage(format!("invalid tenant id {:?}", args.tenant)));
+    }
+    let event_type: EventType = args
+        .event_type
+        .parse()
+        .map_err(|e: crate::protocol::UnknownEventType| CommandError::Usage(e.to_string()))?;
+    let data = match &args.data {
+        None => Map::new(),
+        Some(raw) => match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(CommandError::Usage("--data must be a JSON object".into())),
+            Err(e) => return Err(CommandError::Usage(format!("--data is not valid JSON: {e}"))),
+        },
+    };
+    let url = args.redis.redis_url.as_deref().ok_or_else(|| {
+        ConfigError::new("REDIS_URL", "required: publish goes through Redis to every node")
+    })?;
+    check_redis_url(url)?;
+    let engine = RedisEngine::connect(
+        url,
+        history(args.history_size, args.history_ttl_secs),
+        ConnectMode::OneShot,
+    )
+    .await?;
+    let draft = EventDraft::new(args.tenant.clone(), event_type, data);
+    let published = crate::engine::Engine::publish(&engine, &draft).await?;
+    Ok(published.id.to_string())
+}

@@ -1,0 +1,210 @@
+//! Command line and configuration. Every setting is an environment variable (SPEC §1) that a flag
+//! may override; the value name of each flag is the variable's name, so a parse error names it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Real-time license-event gateway.
+#[derive(Debug, Parser)]
+#[command(name = "license-gateway", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: `text` (default on a terminal) or `json` (default otherwise).
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The binary's roles.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// HTTP + WebSocket gateway (Redis engine with REDIS_URL, embedded engine without).
+    Serve(ServeArgs),
+    /// Mint a JWT signed with JWT_SECRET (development and tests).
+    Token(TokenArgs),
+    /// Publish one event through the engine's atomic publish path (needs REDIS_URL).
+    Publish(PublishArgs),
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// `redis://`, `rediss://` or `redis-cluster://` URL; unset = embedded in-memory engine.
+    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL")]
+    pub redis_url: Option<String>,
+}
+
+/// How tokens are verified and minted.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// HMAC secret for HS256 tokens (shared with the REST API that issues them).
+    #[arg(long, env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA or EC public key: RS256/ES256 verification instead of a secret.
+    #[arg(long, env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim; unset = not checked.
+    #[arg(long, env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim; unset = not checked.
+    #[arg(long, env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Claim that names the tenant. Default `tenantId`.
+    #[arg(long, env = "JWT_TENANT_CLAIM", value_name = "JWT_TENANT_CLAIM", default_value = "tenantId")]
+    pub jwt_tenant_claim: String,
+    /// Clock-skew allowance on `exp`/`nbf`, also when closing live connections. Default 5.
+    #[arg(long, env = "JWT_LEEWAY_SECS", value_name = "JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+}
+
+/// `serve`: the gateway node.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Embedded engine with demo tenants; generates a secret and prints a ready URL.
+    #[arg(long)]
+    pub demo: bool,
+    /// Listen port. Default 5000 (the seed's).
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 5000)]
+    pub port: u16,
+    /// Listen address. Default 0.0.0.0.
+    #[arg(long, env = "HOST", value_name = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Redis connection; unset = embedded engine.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Token verification.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Comma list of allowed `Origin`s; unset = any. Requests without `Origin` are allowed.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Connections per node; 0 = no limit. Beyond it new connections close with 1013.
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Largest client frame in bytes; larger ones close with 1009. Default 4096.
+    #[arg(long, env = "MAX_FRAME_BYTES", value_name = "MAX_FRAME_BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub max_frame_bytes: u32,
+    /// Server ping interval in seconds; a peer silent for two intervals is dropped. Default 25.
+    #[arg(long, env = "PING_INTERVAL_SECS", value_name = "PING_INTERVAL_SECS", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_interval_secs: u64,
+    /// Events buffered per connection before it counts as a slow consumer. Default 512.
+    #[arg(long, env = "SESSION_QUEUE_LEN", value_name = "SESSION_QUEUE_LEN", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub session_queue_len: u32,
+    /// Per-tenant events kept for resume. Default 1000.
+    #[arg(long, env = "HISTORY_SIZE", value_name = "HISTORY_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub history_size: u32,
+    /// Age after which history entries are trimmed, in seconds. Default 86400.
+    #[arg(long, env = "HISTORY_TTL_SECS", value_name = "HISTORY_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_ttl_secs: u64,
+    /// This node's id in stats and `connected` messages; default: host name plus a random suffix.
+    #[arg(long, env = "NODE_ID", value_name = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Seconds a tenant subscription lingers after its last local connection leaves. Default 2.
+    #[arg(long, env = "UNSUBSCRIBE_DELAY_SECS", value_name = "UNSUBSCRIBE_DELAY_SECS", default_value_t = 2.0)]
+    pub unsubscribe_delay_secs: f64,
+    /// Longest wait for sessions to close on shutdown before the process exits anyway. Default 10.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl ServeArgs {
+    /// The parsed `ALLOWED_ORIGINS` list, `None` when any origin is allowed.
+    pub fn origins(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(raw) = &self.allowed_origins else {
+            return Ok(None);
+        };
+        let list: Vec<String> = raw
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if list.is_empty() {
+            return Err(ConfigError::new("ALLOWED_ORIGINS", "empty list"));
+        }
+        Ok(Some(list))
+    }
+
+    /// The unsubscribe delay as a duration.
+    pub fn unsubscribe_delay(&self) -> Result<Duration, ConfigError> {
+        Duration::try_from_secs_f64(self.unsubscribe_delay_secs)
+            .map_err(|e| ConfigError::new("UNSUBSCRIBE_DELAY_SECS", e.to_string()))
+    }
+}
+
+/// `token`: mint a JWT.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Tenant the token is for (optional with --admin).
+    #[arg(long, required_unless_present = "admin")]
+    pub tenant: Option<String>,
+    /// Lifetime in seconds. Default 3600.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Add `"role": "admin"`.
+    #[arg(long)]
+    pub admin: bool,
+    /// Signing settings (JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE, JWT_TENANT_CLAIM).
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// `publish`: one event through the atomic publish path.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Tenant to publish to.
+    #[arg(long)]
+    pub tenant: String,
+    /// Event type (SPEC §3).
+    #[arg(long = "type")]
+    pub event_type: String,
+    /// Event `data` as a JSON object. Default `{}`.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Redis connection (required).
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// History size applied when trimming. Default 1000.
+    #[arg(long, env = "HISTORY_SIZE", value_name = "HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: u32,
+    /// History age applied when trimming, seconds. Default 86400.
+    #[arg(long, env = "HISTORY_TTL_SECS", value_name = "HISTORY_TTL_SECS", default_value_t = 86_400)]
+    pub history_ttl_secs: u64,
+}
+
+/// A configuration value that cannot be used; displays as one line naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A new error for `var`.
+    pub fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}

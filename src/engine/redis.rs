@@ -1,0 +1,422 @@
+//! The Redis engine (fred): per-tenant pub/sub channels, a stream per tenant for history, a Lua
+//! script that appends and publishes atomically, and a node registry with expiry.
+//!
+//! Layout (SPEC §5): every key of tenant `T` carries the hash tag `{T}`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Engine, EngineError, EventSink, HistoryConfig, NODE_TTL, NodeStats, Published};
+use crate::protocol::{EventDraft, EventId, check_channel_payload, now_ms};
+
+/// Pub/sub channel of tenant `t`.
+pub fn events_channel(t: &str) -> String {
+    format!("license:events:{{{t}}}")
+}
+
+/// History stream of tenant `t`.
+pub fn history_key(t: &str) -> String {
+    format!("license:history:{{{t}}}")
+}
+
+/// Sorted set of node ids scored by their last refresh (ms).
+pub const NODES_KEY: &str = "license:nodes";
+
+/// Registry entry of node `id`.
+pub fn node_key(id: &str) -> String {
+    format!("license:node:{id}")
+}
+
+/// The tenant of a channel name, if it is a tenant channel.
+fn tenant_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("license:events:{")?.strip_suffix('}')
+}
+
+/// Appends to the history and publishes, atomically (SPEC §5). The id is chosen here, not by
+/// `XADD *`, because the stored envelope must contain its own id: it is the server clock's
+/// millisecond, or one sequence number past the newest entry when the clock has not moved on.
+///
+/// KEYS: history stream, channel. ARGV: envelope prefix, envelope suffix, max length,
+/// ttl in ms, publish command (`PUBLISH`, or `SPUBLISH` on a cluster).
+const PUBLISH_LUA: &str = r#"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = 0
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local lms, lseq = string.match(last[1][1], '^(%d+)-(%d+)$')
+  lms = tonumber(lms)
+  if ms <= lms then
+    ms = lms
+    seq = tonumber(lseq) + 1
+  end
+end
+local id = string.format('%d-%d', ms, seq)
+local payload = ARGV[1] .. id .. ARGV[2]
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id, 'event', payload)
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms - tonumber(ARGV[4])))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call(ARGV[5], KEYS[2], payload)
+return id
+"#;
+
+/// How the engine connects: long-lived nodes reconnect forever; one-shot CLI commands fail fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectMode {
+    /// Reconnect with backoff forever; commands time out after a few seconds.
+    Service,
+    /// No reconnect: a CLI command reports Redis down at once.
+    OneShot,
+}
+
+/// Redis engine. Cheap to share behind an `Arc`.
+pub struct RedisEngine {
+    client: Client,
+    config: Config,
+    mode: ConnectMode,
+    history: HistoryConfig,
+    publish_script: Script,
+    subscriber: OnceLock<SubscriberClient>,
+    state: Arc<RedisState>,
+}
+
+/// Health shared with the background tasks.
+#[derive(Default)]
+struct RedisState {
+    /// Subscriber connected and every tracked channel resubscribed.
+    subscriptions_ok: AtomicBool,
+    /// Last command-connection health check succeeded.
+    commands_ok: AtomicBool,
+    /// Pub/sub messages lost to a lagging receive loop (never silent: logged and counted).
+    lagged: AtomicU64,
+    /// Channel payloads dropped as malformed.
+    dropped: AtomicU64,
+}
+
+fn unavailable(e: fred::error::Error) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+impl RedisEngine {
+    /// Parses the URL and connects the command client. `redis-cluster://` is refused until
+    /// cluster support lands.
+    pub async fn connect(
+        url: &str,
+        history: HistoryConfig,
+        mode: ConnectMode,
+    ) -> Result<Self, EngineError> {
+        let config = Config::from_url(url).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let client = Self::builder(&config, mode)
+            .build()
+            .map_err(unavailable)?;
+        client.init().await.map_err(unavailable)?;
+        let engine = Self {
+            client,
+            config,
+            mode,
+            history,
+            publish_script: Script::from_lua(PUBLISH_LUA),
+            subscriber: OnceLock::new(),
+            state: Arc::new(RedisState::default()),
+        };
+        engine.state.commands_ok.store(true, Ordering::Relaxed);
+        Ok(engine)
+    }
+
+    fn builder(config: &Config, mode: ConnectMode) -> Builder {
+        let mut builder = Builder::from_config(config.clone());
+        builder.with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+        });
+        builder.with_performance_config(|p| {
+            // Commands fail (503) instead of waiting forever while Redis is away.
+            p.default_command_timeout = Duration::from_secs(3);
+            // fred's default of 32 drops messages (`Lagged`) as soon as the receive loop falls
+            // behind a burst; the loop only hands bytes to the hub, so a deep buffer is cheap.
+            p.broadcast_channel_capacity = 16_384;
+        });
+        if mode == ConnectMode::Service {
+            // Without a policy fred never reconnects (STACK-NOTES). Unlimited attempts, 100 ms
+            // doubling to 2 s.
+            builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        }
+        builder
+    }
+
+    /// Health of the pub/sub side, for tests and metrics: messages lost to lag, payloads dropped.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.state.lagged.load(Ordering::Relaxed),
+            self.state.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    fn subscriber(&self) -> Result<&SubscriberClient, EngineError> {
+        self.subscriber
+            .get()
+            .ok_or_else(|| EngineError::Unavailable("redis engine not started".into()))
+    }
+}
+
+/// Hands one pub/sub message to the sink after checking it (SPEC §2: garbage is dropped, logged
+/// and counted, never forwarded).
+fn dispatch(message: fred::types::Message, sink: &dyn EventSink, state: &RedisState) {
+    let channel: &str = &message.channel;
+    let Some(tenant) = tenant_of_channel(channel) else {
+        return;
+    };
+    let bytes: Bytes = match message.value {
+        Value::String(s) => s.into_inner(),
+        Value::Bytes(b) => b,
+        other => {
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant, kind = ?other.kind(), "dropped non-string payload on tenant channel");
+            return;
+        }
+    };
+    let id = match check_channel_payload(tenant, &bytes) {
+        Ok(id) => id,
+        Err(error) => {
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant, %error, "dropped payload on tenant channel");
+            return;
+        }
+    };
+    match Utf8Bytes::try_from(bytes) {
+        Ok(payload) => sink.deliver(tenant, id, payload),
+        Err(_) => {
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tenant, "dropped non-UTF-8 payload on tenant channel");
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn start(
+        &self,
+        sink: Weak<dyn EventSink>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<(), EngineError> {
+        let subscriber = Self::builder(&self.config, self.mode)
+            .build_subscriber_client()
+            .map_err(unavailable)?;
+        // Listeners first, so the first (re)connect event is not missed.
+        let mut messages = subscriber.message_rx();
+        let mut reconnects = subscriber.reconnect_rx();
+        let mut errors = subscriber.error_rx();
+        subscriber.init().await.map_err(unavailable)?;
+        self.state.subscriptions_ok.store(true, Ordering::Relaxed);
+
+        // Receive loop: forwards every message; a lag is logged and counted, never silent.
+        let state = self.state.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = messages.recv() => m,
+                };
+                match message {
+                    Ok(message) => {
+                        let Some(sink) = sink.upgrade() else { break };
+                        dispatch(message, sink.as_ref(), &state);
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        state.lagged.fetch_add(n, Ordering::Relaxed);
+                        tracing::error!(lost = n, "pub/sub receive loop lagged: messages were lost");
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+
+        // Subscription keeper: resubscribes every tracked channel after a reconnect. Readiness
+        // is off from a connection error until that has succeeded.
+        let state = self.state.clone();
+        let stop = shutdown.clone();
+        let sub = subscriber.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    e = errors.recv() => {
+                        if let Ok((error, _)) = e {
+                            state.subscriptions_ok.store(false, Ordering::Relaxed);
+                            tracing::warn!(%error, "redis subscriber connection error");
+                        }
+                    }
+                    r = reconnects.recv() => {
+                        if r.is_err() { continue; }
+                        state.subscriptions_ok.store(false, Ordering::Relaxed);
+                        loop {
+                            match sub.resubscribe_all().await {
+                                Ok(()) => break,
+                                Err(error) => {
+                                    tracing::warn!(%error, "resubscribe failed; retrying");
+                                    tokio::select! {
+                                        _ = stop.cancelled() => return,
+                                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                                    }
+                                }
+                            }
+                        }
+                        state.subscriptions_ok.store(true, Ordering::Relaxed);
+                        tracing::info!(channels = sub.tracked_channels().len(), "redis subscriber (re)connected; subscriptions restored");
+                    }
+                }
+            }
+        });
+
+        // Health check of the command connection: one PING a second.
+        let state = self.state.clone();
+        let client = self.client.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let ok = tokio::time::timeout(Duration::from_secs(1), client.ping::<String>(None))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if state.commands_ok.swap(ok, Ordering::Relaxed) != ok {
+                    tracing::info!(ok, "redis command connection health changed");
+                }
+            }
+        });
+
+        // Close the connections on shutdown, tracked like every other task.
+        let client = self.client.clone();
+        let sub = subscriber.clone();
+        tracker.spawn(async move {
+            shutdown.cancelled().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), sub.quit()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+        });
+
+        let _ = self.subscriber.set(subscriber);
+        Ok(())
+    }
+
+    async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
+        let (prefix, suffix) = draft.envelope_parts();
+        let keys = vec![history_key(&draft.tenant), events_channel(&draft.tenant)];
+        let args: Vec<Value> = vec![
+            prefix.clone().into(),
+            suffix.clone().into(),
+            (self.history.size as i64).into(),
+            (self.history.ttl.as_millis() as i64).into(),
+            "PUBLISH".into(),
+        ];
+        let id: String = self
+            .publish_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(unavailable)?;
+        let id: EventId = id
+            .parse()
+            .map_err(|_| EngineError::Protocol(format!("publish script returned {id:?}")))?;
+        let payload = Utf8Bytes::from(format!("{prefix}{id}{suffix}"));
+        Ok(Published { id, payload })
+    }
+
+    async fn subscribe(&self, tenant: &str) -> Result<(), EngineError> {
+        self.subscriber()?
+            .subscribe(events_channel(tenant))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn unsubscribe(&self, tenant: &str) -> Result<(), EngineError> {
+        self.subscriber()?
+            .unsubscribe(events_channel(tenant))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn report_node(&self, stats: &NodeStats) -> Result<(), EngineError> {
+        let json = serde_json::to_string(stats)
+            .map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let now = now_ms();
+        let ttl = NODE_TTL.as_millis() as i64;
+        let _: () = self
+            .client
+            .set(node_key(&stats.id), json, Some(Expiration::PX(ttl)), None, false)
+            .await
+            .map_err(unavailable)?;
+        let _: () = self
+            .client
+            .zadd(NODES_KEY, None, None, false, false, (now as f64, stats.id.as_str()))
+            .await
+            .map_err(unavailable)?;
+        let _: () = self
+            .client
+            .zremrangebyscore(NODES_KEY, f64::NEG_INFINITY, (now as i64 - ttl) as f64)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStats>, EngineError> {
+        let since = (now_ms() as i64 - NODE_TTL.as_millis() as i64) as f64;
+        let ids: Vec<String> = self
+            .client
+            .zrangebyscore(NODES_KEY, since, f64::INFINITY, false, None)
+            .await
+            .map_err(unavailable)?;
+        let mut nodes = Vec::with_capacity(ids.len());
+        for id in ids {
+            let json: Option<String> = self.client.get(node_key(&id)).await.map_err(unavailable)?;
+            match json.map(|j| serde_json::from_str::<NodeStats>(&j)) {
+                Some(Ok(stats)) => nodes.push(stats),
+                Some(Err(error)) => tracing::warn!(node = %id, %error, "unreadable node registry entry"),
+                None => {}
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn is_ready(&self) -> bool {
+        let sub_connected = self
+            .subscriber
+            .get()
+            .is_some_and(|s| s.is_connected());
+        sub_connected
+            && self.client.is_connected()
+            && self.state.commands_ok.load(Ordering::Relaxed)
+            && self.state.subscriptions_ok.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_tenant_hash_tag() {
+        assert_eq!(events_channel("acme"), "license:events:{acme}");
+        assert_eq!(history_key("acme"), "license:history:{acme}");
+        assert_eq!(tenant_of_channel("license:events:{acme}"), Some("acme"));
+        assert_eq!(tenant_of_channel("license:other:{acme}"), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! One WebSocket session: authentication outcome, `connected`, the event outbox, client
+//! messages, heartbeat, live token expiry and in-band refresh, and the close.
+//!
+//! One task per connection, one timer (the earlier of the next ping and the token's expiry):
+//! fewer allocations per connection than a reader/writer pair with separate intervals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use tokio::time::Instant;
+
+use super::AppState;
+use super::hub::{Membership, Next};
+use crate::auth::{AuthError, Claims};
+use crate::protocol::{ClientMessage, CloseReason, ServerMessage, now_ms};
+
+/// How long the server waits for the client's close frame after sending its own.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Everything the upgrade handler learned before the upgrade.
+pub struct Handshake {
+    /// Verified tenant and claims, or why the token was refused.
+    pub auth: Result<(String, Claims), AuthError>,
+    /// Set when the node refuses the connection before authentication: at its connection
+    /// limit (1013) or draining (1001).
+    pub refuse: Option<CloseReason>,
+    /// Decrements the node's connection count when the session ends.
+    pub guard: super::ConnectionGuard,
+}
+
+/// Runs a session to its end.
+pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
+    let _guard = handshake.guard;
+    if let Some(reason) = handshake.refuse {
+        close(&mut socket, reason).await;
+        return;
+    }
+    let (tenant, claims) = match handshake.auth {
+        Ok(ok) => ok,
+        Err(error) => {
+            tracing::info!(reason = error.label(), "connection refused");
+            close(&mut socket, error.close_reason()).await;
+            return;
+        }
+    };
+    let membership = match state.hub.join(&tenant).await {
+        Ok(m) => m,
+        Err(error) => {
+            tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
+            close(&mut socket, CloseReason::TryAgainLater).await;
+            return;
+        }
+    };
+    let connection_id = format!("{}-{}", state.node_id, state.next_connection_id());
+    let span = tracing::info_span!("session", %tenant, connection = %connection_id);
+    let reason = {
+        let session = Session {
+            socket: &mut socket,
+            state: &state,
+            membership: &membership,
+            expires_at: claims.expires_at,
+        };
+        tracing::Instrument::instrument(session.serve(&connection_id), span.clone()).await
+    };
+    state.hub.leave(&membership);
+    if let Some(reason) = reason {
+        span.in_scope(|| tracing::info!(reason = reason.label(), "closing session"));
+        close(&mut socket, reason).await;
+    } else {
+        span.in_scope(|| tracing::debug!("session ended by the client"));
+    }
+}
+
+struct Session<'a> {
+    socket: &'a mut WebSocket,
+    state: &'a AppState,
+    membership: &'a Membership,
+    /// Token `exp`, Unix seconds.
+    expires_at: u64,
+}
+
+impl Session<'_> {
+    /// Serves until the connection must close; `Some(reason)` when the server closes it.
+    async fn serve(mut self, connection_id: &str) -> Option<CloseReason> {
+        let connected = ServerMessage::Connected {
+            tenant_id: self.membership.tenant(),
+            connection_id,
+            node: &self.state.node_id,
+        };
+        if !self.send(Message::Text(connected.to_json().into())).await {
+            return None;
+        }
+        tracing::debug!("session connected");
+
+        let ping_every = self.state.settings.ping_interval;
+        let mut last_heard = Instant::now();
+        let mut next_ping = last_heard + ping_every;
+        let mut expiry = self.expiry_deadline();
+        let timer = tokio::time::sleep_until(next_ping.min(expiry));
+        tokio::pin!(timer);
+        let outbox: Arc<_> = self.membership.outbox.clone();
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = outbox.notified() => loop {
+                    match outbox.next() {
+                        Next::Event(payload) => {
+                            if !self.send(Message::Text(payload)).await {
+                                return None;
+                            }
+                        }
+                        Next::Close(reason) => return Some(reason),
+                        Next::Empty => break,
+                    }
+                },
+                frame = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None | Some(Ok(Message::Close(_))) => return None,
+                        Some(Err(error)) => return frame_error(error),
+                        Some(Ok(Message::Text(text))) => {
+                            match self.on_text(&text).await {
+                                Ok(Some(new_exp)) => {
+                                    self.expires_at = new_exp;
+                                    expiry = self.expiry_deadline();
+                                    timer.as_mut().reset(next_ping.min(expiry));
+                                }
+                                Ok(None) => {}
+                                Err(reason) => return reason,
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if !self.send_error("binary frames are not supported; send JSON text").await {
+                                return None;
+                            }
+                        }
+                        // Pings are answered by the WebSocket layer; pongs only prove liveness.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    }
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expiry {
+                        return Some(CloseReason::TokenExpired);
+                    }
+                    if now >= next_ping {
+                        if now.duration_since(last_heard) >= ping_every * 2 {
+                            tracing::info!("peer silent for two ping intervals; dropping");
+                            return None;
+                        }
+                        if !self.send(Message::Ping(Default::default())).await {
+                            return None;
+                        }
+                        next_ping = now + ping_every;
+                    }
+                    timer.as_mut().reset(next_ping.min(expiry));
+                }
+            }
+        }
+    }
+
+    /// When the token stops being valid on this connection: `exp` plus the leeway.
+    fn expiry_deadline(&self) -> Instant {
+        let deadline_ms = (self.expires_at + self.state.verifier.leeway_secs()) * 1000;
+        let left = deadline_ms.saturating_sub(now_ms());
+        Instant::now() + Duration::from_millis(left)
+    }
+
+    /// Handles a client text frame. `Ok(Some(exp))` after a successful refresh; `Err` when the
+    /// connection must end (`Err(None)`: the socket failed).
+    async fn on_text(&mut self, text: &str) -> Result<Option<u64>, Option<CloseReason>> {
+        let message = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(m) => m,
+            Err(error) => {
+                let message = format!("malformed or unknown message: {error}");
+                return if self.send_error(&message).await { Ok(None) } else { Err(None) };
+            }
+        };
+        match message {
+            ClientMessage::Ping => {
+                let pong = ServerMessage::Pong { timestamp: now_ms() }.to_json();
+                if self.send(Message::Text(pong.into())).await { Ok(None) } else { Err(None) }
+            }
+            ClientMessage::Auth { token } => {
+                let (tenant, claims) = self
+                    .state
+                    .verifier
+                    .verify_tenant(&token)
+                    .map_err(|e| Some(e.close_reason()))?;
+                if tenant != self.membership.tenant() {
+                    tracing::warn!(other = %tenant, "refresh token names another tenant");
+                    return Err(Some(CloseReason::InvalidToken));
+                }
+                let ok = ServerMessage::AuthOk {
+                    expires_at: claims.expires_at * 1000,
+                };
+                if self.send(Message::Text(ok.to_json().into())).await {
+                    Ok(Some(claims.expires_at))
+                } else {
+                    Err(None)
+                }
+            }
+        }
+    }
+
+    async fn send_error(&mut self, message: &str) -> bool {
+        let error = ServerMessage::Error {
+            code: "bad_request",
+            message,
+        };
+        self.send(Message::Text(error.to_json().into())).await
+    }
+
+    /// Sends one frame; false when the peer is gone or did not take it within a ping interval
+    /// (a stalled reader must not pin the session forever).
+    async fn send(&mut self, message: Message) -> bool {
+        let limit = self.state.settings.ping_interval;
+        matches!(
+            tokio::time::timeout(limit, self.socket.send(message)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// Maps a receive error to the close it calls for: 1009 for an oversized frame, otherwise the
+/// connection is broken and is dropped without a close frame.
+fn frame_error(error: axum::Error) -> Option<CloseReason> {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    match error.into_inner().downcast::<WsError>() {
+        Ok(ws) => match *ws {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                Some(CloseReason::MessageTooBig)
+            }
+            WsError::Capacity(_) => Some(CloseReason::MessageTooBig),
+            other => {
+                tracing::debug!(error = %other, "websocket read failed");
+                None
+            }
+        },
+        Err(other) => {
+            tracing::debug!(error = %other, "websocket read failed");
+            None
+        }
+    }
+}
+
+/// Sends a close frame with `reason` and waits briefly for the peer's answer.
+pub async fn close(socket: &mut WebSocket, reason: CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code(),
+        reason: Utf8Bytes::from_static(reason.text()),
+    };
+    let sent = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(_)) = socket.recv().await {}
+        })
+        .await;
+    }
+}
