@@ -81,7 +81,10 @@ impl Verifier {
                     ConfigError::new("JWT_PUBLIC_KEY", format!("{}: {e}", path.display()))
                 })?;
                 if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-                    (key, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512])
+                    (
+                        key,
+                        vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
+                    )
                 } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                     (key, vec![Algorithm::ES256, Algorithm::ES384])
                 } else {
@@ -142,9 +145,9 @@ impl Verifier {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
-            })?;
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })?;
         let claims = data.claims;
         let expires_at = claims
             .get("exp")
@@ -181,7 +184,9 @@ impl Verifier {
 pub fn valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
 }
 
 /// Mints HS256 tokens with the configured secret and claims (`token` command, demo, tests).
@@ -195,9 +200,10 @@ pub struct Signer {
 impl Signer {
     /// Builds a signer from configuration; needs `JWT_SECRET`.
     pub fn from_args(args: &AuthArgs) -> Result<Self, ConfigError> {
-        let secret = args.jwt_secret.as_deref().ok_or_else(|| {
-            ConfigError::new("JWT_SECRET", "required to mint tokens (HS256)")
-        })?;
+        let secret = args
+            .jwt_secret
+            .as_deref()
+            .ok_or_else(|| ConfigError::new("JWT_SECRET", "required to mint tokens (HS256)"))?;
         let key = EncodingKey::from_secret(secret.as_bytes())
             .map_err(|e| ConfigError::new("JWT_SECRET", e.to_string()))?;
         Ok(Self {
@@ -233,7 +239,10 @@ impl Signer {
 
 /// The bearer token of an `Authorization` header, if any.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -264,8 +273,11 @@ pub enum ApiAuthError {
 }
 
 fn claims_from_parts(parts: &Parts, verifier: &Verifier) -> Result<Claims, ApiAuthError> {
-    let token = bearer_token(&parts.headers).ok_or(ApiAuthError::Unauthenticated(AuthError::Missing))?;
-    verifier.verify(token).map_err(ApiAuthError::Unauthenticated)
+    let token =
+        bearer_token(&parts.headers).ok_or(ApiAuthError::Unauthenticated(AuthError::Missing))?;
+    verifier
+        .verify(token)
+        .map_err(ApiAuthError::Unauthenticated)
 }
 
 impl<S> axum::extract::FromRequestParts<S> for AdminAuth

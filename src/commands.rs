@@ -148,10 +148,12 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
     };
 
     let addr = std::net::SocketAddr::new(args.host, args.port);
-    let listener = TcpListener::bind(addr).await.map_err(|source| CommandError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| CommandError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     let state = AppState::new(settings, verifier, engine);
     if args.demo {
         print_demo_banner(&args.auth, listener.local_addr().ok());
@@ -196,7 +198,10 @@ pub fn token(args: &TokenArgs) -> Result<String, CommandError> {
 /// `publish`: validates the event, publishes it through Redis, returns its id.
 pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
     if !valid_tenant_id(&args.tenant) {
-        return Err(CommandError::Usage(format!("invalid tenant id {:?}", args.tenant)));
+        return Err(CommandError::Usage(format!(
+            "invalid tenant id {:?}",
+            args.tenant
+        )));
     }
     let event_type: EventType = args
         .event_type
@@ -207,11 +212,18 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
         Some(raw) => match serde_json::from_str::<Value>(raw) {
             Ok(Value::Object(map)) => map,
             Ok(_) => return Err(CommandError::Usage("--data must be a JSON object".into())),
-            Err(e) => return Err(CommandError::Usage(format!("--data is not valid JSON: {e}"))),
+            Err(e) => {
+                return Err(CommandError::Usage(format!(
+                    "--data is not valid JSON: {e}"
+                )));
+            }
         },
     };
     let url = args.redis.redis_url.as_deref().ok_or_else(|| {
-        ConfigError::new("REDIS_URL", "required: publish goes through Redis to every node")
+        ConfigError::new(
+            "REDIS_URL",
+            "required: publish goes through Redis to every node",
+        )
     })?;
     check_redis_url(url)?;
     let engine = RedisEngine::connect(

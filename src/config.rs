@@ -51,7 +51,12 @@ pub struct RedisArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// HMAC secret for HS256 tokens (shared with the REST API that issues them).
-    #[arg(long, env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        value_name = "JWT_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
     /// PEM file with an RSA or EC public key: RS256/ES256 verification instead of a secret.
     #[arg(long, env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
@@ -63,10 +68,20 @@ pub struct AuthArgs {
     #[arg(long, env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// Claim that names the tenant. Default `tenantId`.
-    #[arg(long, env = "JWT_TENANT_CLAIM", value_name = "JWT_TENANT_CLAIM", default_value = "tenantId")]
+    #[arg(
+        long,
+        env = "JWT_TENANT_CLAIM",
+        value_name = "JWT_TENANT_CLAIM",
+        default_value = "tenantId"
+    )]
     pub jwt_tenant_claim: String,
     /// Clock-skew allowance on `exp`/`nbf`, also when closing live connections. Default 5.
-    #[arg(long, env = "JWT_LEEWAY_SECS", value_name = "JWT_LEEWAY_SECS", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "JWT_LEEWAY_SECS",
+        value_name = "JWT_LEEWAY_SECS",
+        default_value_t = 5
+    )]
     pub jwt_leeway_secs: u64,
 }
 
@@ -92,7 +107,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
     /// Connections per node; 0 = no limit. Beyond it new connections close with 1013.
-    #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS",
+        value_name = "MAX_CONNECTIONS",
+        default_value_t = 0
+    )]
     pub max_connections: usize,
     /// Largest client frame in bytes; larger ones close with 1009. Default 4096.
     #[arg(long, env = "MAX_FRAME_BYTES", value_name = "MAX_FRAME_BYTES", default_value_t = 4096,
@@ -118,10 +138,20 @@ pub struct ServeArgs {
     #[arg(long, env = "NODE_ID", value_name = "NODE_ID")]
     pub node_id: Option<String>,
     /// Seconds a tenant subscription lingers after its last local connection leaves. Default 2.
-    #[arg(long, env = "UNSUBSCRIBE_DELAY_SECS", value_name = "UNSUBSCRIBE_DELAY_SECS", default_value_t = 2.0)]
+    #[arg(
+        long,
+        env = "UNSUBSCRIBE_DELAY_SECS",
+        value_name = "UNSUBSCRIBE_DELAY_SECS",
+        default_value_t = 2.0
+    )]
     pub unsubscribe_delay_secs: f64,
     /// Longest wait for sessions to close on shutdown before the process exits anyway. Default 10.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", value_name = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "SHUTDOWN_TIMEOUT_SECS",
+        value_name = "SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
     pub shutdown_timeout_secs: u64,
 }
 
@@ -182,10 +212,20 @@ pub struct PublishArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
     /// History size applied when trimming. Default 1000.
-    #[arg(long, env = "HISTORY_SIZE", value_name = "HISTORY_SIZE", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "HISTORY_SIZE",
+        value_name = "HISTORY_SIZE",
+        default_value_t = 1000
+    )]
     pub history_size: u32,
     /// History age applied when trimming, seconds. Default 86400.
-    #[arg(long, env = "HISTORY_TTL_SECS", value_name = "HISTORY_TTL_SECS", default_value_t = 86_400)]
+    #[arg(
+        long,
+        env = "HISTORY_TTL_SECS",
+        value_name = "HISTORY_TTL_SECS",
+        default_value_t = 86_400
+    )]
     pub history_ttl_secs: u64,
 }
 

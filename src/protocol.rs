@@ -127,9 +127,9 @@ impl EventType {
     /// The severity SPEC §3 fixes for this type, whoever publishes.
     pub fn severity(self) -> Severity {
         match self {
-            Self::LicenseExpiring
-            | Self::UsageLimitWarning
-            | Self::ModuleDeactivated => Severity::Warning,
+            Self::LicenseExpiring | Self::UsageLimitWarning | Self::ModuleDeactivated => {
+                Severity::Warning
+            }
             Self::LicenseExpired | Self::UsageLimitExceeded => Severity::Error,
             Self::ModuleActivated | Self::LicenseUpdated => Severity::Info,
         }
@@ -322,9 +322,10 @@ pub fn check_channel_payload(
     Ok(probe.id.and_then(|id| id.parse().ok()))
 }
 
-/// Messages a client may send.
+/// Messages a client may send. Extra fields are ignored (a newer client may add some); an
+/// unknown `type` or a missing required field is an error.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// Application-level ping; answered with `pong`.
     Ping,
@@ -415,7 +416,10 @@ mod tests {
         let b: EventId = "1764417600000-1".parse().unwrap();
         assert!(a < b);
         assert_eq!(a.to_string(), "1764417600000-0");
-        assert_eq!(b.next_after(1764417600000), "1764417600000-2".parse().unwrap());
+        assert_eq!(
+            b.next_after(1764417600000),
+            "1764417600000-2".parse().unwrap()
+        );
         assert_eq!(b.next_after(1764417600005).to_string(), "1764417600005-0");
         for bad in ["", "1", "1-", "-1", "a-1", "1-2-3", "+1-2", "1 -2"] {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?} parsed");
@@ -443,7 +447,13 @@ mod tests {
             Some("1-0".parse().unwrap())
         );
         assert!(check_channel_payload("other", ok).is_err());
-        for bad in [&b"garbage"[..], b"[]", b"{\"type\":1,\"tenantId\":\"acme\"}", b"{\"type\":\"x\"}", b"\xff"] {
+        for bad in [
+            &b"garbage"[..],
+            b"[]",
+            b"{\"type\":1,\"tenantId\":\"acme\"}",
+            b"{\"type\":\"x\"}",
+            b"\xff",
+        ] {
             assert!(check_channel_payload("acme", bad).is_err());
         }
     }

@@ -41,14 +41,22 @@ pub fn tenant_from_path(tenant: &str) -> Result<(), ApiError> {
 pub fn parse_publish(tenant: &str, body: &[u8]) -> Result<EventDraft, ApiError> {
     let body: PublishBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))?;
-    let event_type: EventType = body
-        .event_type
-        .parse()
-        .map_err(|e: crate::protocol::UnknownEventType| ApiError::field("unknown_event_type", "type", e.to_string()))?;
+    let event_type: EventType =
+        body.event_type
+            .parse()
+            .map_err(|e: crate::protocol::UnknownEventType| {
+                ApiError::field("unknown_event_type", "type", e.to_string())
+            })?;
     let data = match body.data {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => map,
-        Some(_) => return Err(ApiError::field("invalid_data", "data", "data must be a JSON object")),
+        Some(_) => {
+            return Err(ApiError::field(
+                "invalid_data",
+                "data",
+                "data must be a JSON object",
+            ));
+        }
     };
     Ok(EventDraft::new(tenant, event_type, data))
 }
@@ -74,6 +82,9 @@ pub async fn publish_event(
 }
 
 /// `GET /api/admin/stats`: connections and tenants across all live nodes.
-pub async fn stats(State(state): State<AppState>, _admin: AdminAuth) -> Result<Json<Value>, ApiError> {
+pub async fn stats(
+    State(state): State<AppState>,
+    _admin: AdminAuth,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(cluster_stats(&state).await?))
 }

@@ -86,10 +86,17 @@ impl IntoResponse for ApiAuthError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, field) = match self {
-            Self::BadRequest { code, message, field } => (StatusCode::BAD_REQUEST, code, message, field),
-            Self::Auth(ApiAuthError::Unauthenticated(e)) => {
-                (StatusCode::UNAUTHORIZED, "unauthorized", e.to_string(), None)
-            }
+            Self::BadRequest {
+                code,
+                message,
+                field,
+            } => (StatusCode::BAD_REQUEST, code, message, field),
+            Self::Auth(ApiAuthError::Unauthenticated(e)) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                e.to_string(),
+                None,
+            ),
             Self::Auth(ApiAuthError::Forbidden) => (
                 StatusCode::FORBIDDEN,
                 "forbidden",

@@ -16,10 +16,19 @@ pub async fn healthz() -> &'static str {
 /// is not, and while the node drains.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
     } else if !state.engine.is_ready() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "engine_unavailable" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "engine_unavailable" })),
+        )
     } else {
-        (StatusCode::OK, Json(json!({ "status": "ready", "node": state.node_id })))
+        (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "node": state.node_id })),
+        )
     }
 }

@@ -18,7 +18,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/api/admin/tenants/{tenant}/events", post(admin::publish_event))
+        .route(
+            "/api/admin/tenants/{tenant}/events",
+            post(admin::publish_event),
+        )
         .route("/api/admin/stats", get(admin::stats))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -117,9 +117,7 @@ impl RedisEngine {
         mode: ConnectMode,
     ) -> Result<Self, EngineError> {
         let config = Config::from_url(url).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let client = Self::builder(&config, mode)
-            .build()
-            .map_err(unavailable)?;
+        let client = Self::builder(&config, mode).build().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         let engine = Self {
             client,
@@ -241,7 +239,10 @@ impl Engine for RedisEngine {
                     }
                     Err(RecvError::Lagged(n)) => {
                         state.lagged.fetch_add(n, Ordering::Relaxed);
-                        tracing::error!(lost = n, "pub/sub receive loop lagged: messages were lost");
+                        tracing::error!(
+                            lost = n,
+                            "pub/sub receive loop lagged: messages were lost"
+                        );
                     }
                     Err(RecvError::Closed) => break,
                 }
@@ -355,18 +356,31 @@ impl Engine for RedisEngine {
     }
 
     async fn report_node(&self, stats: &NodeStats) -> Result<(), EngineError> {
-        let json = serde_json::to_string(stats)
-            .map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let json =
+            serde_json::to_string(stats).map_err(|e| EngineError::Protocol(e.to_string()))?;
         let now = now_ms();
         let ttl = NODE_TTL.as_millis() as i64;
         let _: () = self
             .client
-            .set(node_key(&stats.id), json, Some(Expiration::PX(ttl)), None, false)
+            .set(
+                node_key(&stats.id),
+                json,
+                Some(Expiration::PX(ttl)),
+                None,
+                false,
+            )
             .await
             .map_err(unavailable)?;
         let _: () = self
             .client
-            .zadd(NODES_KEY, None, None, false, false, (now as f64, stats.id.as_str()))
+            .zadd(
+                NODES_KEY,
+                None,
+                None,
+                false,
+                false,
+                (now as f64, stats.id.as_str()),
+            )
             .await
             .map_err(unavailable)?;
         let _: () = self
@@ -389,7 +403,9 @@ impl Engine for RedisEngine {
             let json: Option<String> = self.client.get(node_key(&id)).await.map_err(unavailable)?;
             match json.map(|j| serde_json::from_str::<NodeStats>(&j)) {
                 Some(Ok(stats)) => nodes.push(stats),
-                Some(Err(error)) => tracing::warn!(node = %id, %error, "unreadable node registry entry"),
+                Some(Err(error)) => {
+                    tracing::warn!(node = %id, %error, "unreadable node registry entry")
+                }
                 None => {}
             }
         }
@@ -397,10 +413,7 @@ impl Engine for RedisEngine {
     }
 
     fn is_ready(&self) -> bool {
-        let sub_connected = self
-            .subscriber
-            .get()
-            .is_some_and(|s| s.is_connected());
+        let sub_connected = self.subscriber.get().is_some_and(|s| s.is_connected());
         sub_connected
             && self.client.is_connected()
             && self.state.commands_ok.load(Ordering::Relaxed)

@@ -151,6 +151,8 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Events handed to sessions (for tests and metrics).
     deliveries: AtomicU64,
+    /// Signalled when sessions join or leave, so the node registry refreshes promptly.
+    changed: Notify,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -172,6 +174,7 @@ impl Hub {
             unsubscribe_delay,
             next_id: AtomicU64::new(1),
             deliveries: AtomicU64::new(0),
+            changed: Notify::new(),
             tracker,
             shutdown,
         }
@@ -225,6 +228,7 @@ impl Hub {
             *is_subscribed = true;
             tracing::debug!(tenant, "subscribed tenant channel");
         }
+        self.changed.notify_one();
         Ok(membership)
     }
 
@@ -241,6 +245,7 @@ impl Hub {
                 None => false,
             }
         };
+        self.changed.notify_one();
         if now_empty {
             let hub = self.clone();
             let tenant = membership.tenant.clone();
@@ -265,9 +270,9 @@ impl Hub {
         let mut is_subscribed = subscribed.lock().await;
         let still_idle = {
             let shard = self.shard(tenant);
-            shard.get(tenant).is_some_and(|e| {
-                e.sessions.is_empty() && Arc::ptr_eq(&e.subscribed, &subscribed)
-            })
+            shard
+                .get(tenant)
+                .is_some_and(|e| e.sessions.is_empty() && Arc::ptr_eq(&e.subscribed, &subscribed))
         };
         if !still_idle {
             return;
@@ -315,6 +320,11 @@ impl Hub {
         out
     }
 
+    /// Resolves after sessions joined or left.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
     /// Events handed to sessions so far.
     pub fn deliveries(&self) -> u64 {
         self.deliveries.load(Ordering::Relaxed)
@@ -349,7 +359,10 @@ mod tests {
         assert!(outbox.push("a".into()));
         assert!(outbox.push("b".into()));
         assert!(!outbox.push("c".into()));
-        assert!(matches!(outbox.next(), Next::Close(CloseReason::SlowConsumer)));
+        assert!(matches!(
+            outbox.next(),
+            Next::Close(CloseReason::SlowConsumer)
+        ));
         assert!(!outbox.push("d".into()));
     }
 

@@ -28,6 +28,8 @@ use hub::Hub;
 
 /// How often a node refreshes its registry entry.
 const REGISTRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long membership changes are batched before a registry refresh.
+const REGISTRY_BATCH: Duration = Duration::from_millis(200);
 
 /// Gateway settings derived from configuration.
 #[derive(Debug, Clone)]
@@ -278,16 +280,22 @@ pub async fn run(
     state.hub.close_all(CloseReason::GoingAway);
     state.sessions.close();
     let timeout = state.settings.shutdown_timeout;
-    if tokio::time::timeout(timeout, state.sessions.wait()).await.is_err() {
+    if tokio::time::timeout(timeout, state.sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(?timeout, "sessions did not all close in time");
     }
     // Leave the registry at once rather than after its expiry.
-    let _ = tokio::time::timeout(Duration::from_secs(1), state.engine.report_node(&NodeStats {
-        connections: 0,
-        tenants: 0,
-        tenant_connections: Default::default(),
-        ..state.node_stats()
-    }))
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        state.engine.report_node(&NodeStats {
+            connections: 0,
+            tenants: 0,
+            tenant_connections: Default::default(),
+            ..state.node_stats()
+        }),
+    )
     .await;
     state.background_stop.cancel();
     state.background.close();
@@ -301,7 +309,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Refreshes this node's registry entry every few seconds until shutdown.
+/// Refreshes this node's registry entry every few seconds, and shortly after sessions join or
+/// leave (batched), until shutdown.
 fn spawn_registry(state: &AppState) {
     let state = state.clone();
     let stop = state.background_stop.clone();
@@ -311,6 +320,10 @@ fn spawn_registry(state: &AppState) {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
+                _ = state.hub.changed() => {
+                    // Let a burst of connects settle into one refresh.
+                    tokio::time::sleep(REGISTRY_BATCH).await;
+                }
             }
             if let Err(error) = state.engine.report_node(&state.node_stats()).await {
                 tracing::debug!(%error, "node registry refresh failed");

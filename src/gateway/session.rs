@@ -175,13 +175,24 @@ impl Session<'_> {
             Ok(m) => m,
             Err(error) => {
                 let message = format!("malformed or unknown message: {error}");
-                return if self.send_error(&message).await { Ok(None) } else { Err(None) };
+                return if self.send_error(&message).await {
+                    Ok(None)
+                } else {
+                    Err(None)
+                };
             }
         };
         match message {
             ClientMessage::Ping => {
-                let pong = ServerMessage::Pong { timestamp: now_ms() }.to_json();
-                if self.send(Message::Text(pong.into())).await { Ok(None) } else { Err(None) }
+                let pong = ServerMessage::Pong {
+                    timestamp: now_ms(),
+                }
+                .to_json();
+                if self.send(Message::Text(pong.into())).await {
+                    Ok(None)
+                } else {
+                    Err(None)
+                }
             }
             ClientMessage::Auth { token } => {
                 let (tenant, claims) = self

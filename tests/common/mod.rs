@@ -1,0 +1,650 @@
+//! The shared test harness: a real `redis-server` on a free loopback port, real gateway
+//! processes (the built binary), and small WebSocket, HTTP and Redis clients. Everything it
+//! starts is killed and its files removed on drop, also when a test panics.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use futures_util::{SinkExt, StreamExt};
+use license_gateway::auth::Signer;
+use license_gateway::config::AuthArgs;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// The HMAC secret every test gateway uses.
+pub const SECRET: &str = "test-secret-do-not-use";
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a small race, acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn kill(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+}
+
+/// A real `redis-server` without persistence on a free loopback port.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let dir = TempDir::new("lgw-redis");
+        let port = free_port();
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the README's test command installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A fred client for assertions and for injecting raw traffic.
+    pub async fn client(&self) -> Client {
+        let config = Config::from_url(&self.url()).expect("redis url");
+        let client = Builder::from_config(config).build().expect("fred client");
+        client.init().await.expect("connect to test redis");
+        client
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_license-gateway")
+}
+
+/// A gateway process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    pub node_id: String,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+/// How to start a gateway.
+#[derive(Clone, Default)]
+pub struct GatewayOptions {
+    /// `REDIS_URL`; `None` = embedded engine.
+    pub redis_url: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl GatewayOptions {
+    pub fn memory() -> Self {
+        Self::default()
+    }
+
+    pub fn redis(redis: &Redis) -> Self {
+        Self {
+            redis_url: Some(redis.url()),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway and waits until `/readyz` answers 200.
+    pub async fn start(options: GatewayOptions) -> Self {
+        let gateway = Self::spawn(options);
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// Starts a gateway without waiting for it.
+    pub fn spawn(options: GatewayOptions) -> Self {
+        let dir = TempDir::new("lgw-node");
+        let port = free_port();
+        let node_id = format!("node-{port}");
+        let log = dir.0.join("gateway.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("NODE_ID", &node_id)
+            .env("JWT_SECRET", SECRET)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,license_gateway=debug")
+            .env("UNSUBSCRIBE_DELAY_SECS", "0.2")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if let Some(url) = &options.redis_url {
+            command.env("REDIS_URL", url);
+        }
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start gateway");
+        Self {
+            child: Some(child),
+            port,
+            node_id,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws/license", self.port)
+    }
+
+    /// Polls `/readyz` until 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT * 2;
+        loop {
+            if let Ok((200, _)) = http(self.port, "GET", "/readyz", None, None).await {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "gateway on port {} not ready; log:\n{}",
+                    self.port,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("gateway running");
+        kill(child, "-TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "gateway did not exit within {within:?}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The last lines of the gateway's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway {} log ---\n{}", self.node_id, self.log_tail());
+        }
+        self.kill();
+    }
+}
+
+/// Auth settings matching the test gateways.
+pub fn auth_args() -> AuthArgs {
+    AuthArgs {
+        jwt_secret: Some(SECRET.into()),
+        jwt_public_key: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+        jwt_tenant_claim: "tenantId".into(),
+        jwt_leeway_secs: 5,
+    }
+}
+
+/// A tenant token valid for an hour.
+pub fn tenant_token(tenant: &str) -> String {
+    Signer::from_args(&auth_args())
+        .unwrap()
+        .mint(Some(tenant), false, 3600)
+}
+
+/// An admin token valid for an hour.
+pub fn admin_token() -> String {
+    Signer::from_args(&auth_args())
+        .unwrap()
+        .mint(None, true, 3600)
+}
+
+/// Signs arbitrary claims with HS256 and the test secret.
+pub fn sign_claims(claims: &Value) -> String {
+    sign_with(jsonwebtoken::Algorithm::HS256, SECRET.as_bytes(), claims)
+}
+
+/// Signs claims with an HMAC algorithm and secret of choice.
+pub fn sign_with(alg: jsonwebtoken::Algorithm, secret: &[u8], claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).unwrap()
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Base64url without padding.
+pub fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        let chars = [n >> 18, n >> 12, n >> 6, n].map(|i| A[(i & 63) as usize] as char);
+        out.extend(&chars[..chunk.len() + 1]);
+    }
+    out
+}
+
+/// Minimal HTTP/1.1 request over a fresh connection: returns status and body.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = bearer {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| std::io::Error::other("http timeout"))??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Publishes through the admin API; panics unless 201. Returns the envelope.
+pub async fn publish(port: u16, tenant: &str, event_type: &str, data: Value) -> Value {
+    let body = serde_json::json!({ "type": event_type, "data": data }).to_string();
+    let path = format!("/api/admin/tenants/{tenant}/events");
+    let (status, text) = http(port, "POST", &path, Some(&admin_token()), Some(&body))
+        .await
+        .expect("publish request");
+    assert_eq!(status, 201, "publish failed: {text}");
+    serde_json::from_str(&text).expect("envelope JSON")
+}
+
+/// Where a client puts its token.
+#[derive(Clone, Copy, Debug)]
+pub enum Carrier {
+    /// `?token=` (the seed's form).
+    Query,
+    /// `Sec-WebSocket-Protocol: license.v1, bearer.<JWT>`.
+    Subprotocol,
+    /// `Authorization: Bearer`.
+    Header,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket test client.
+pub struct WsClient {
+    pub ws: Ws,
+    /// The `Sec-WebSocket-Protocol` the server answered.
+    pub protocol: Option<String>,
+}
+
+/// Connects (the upgrade must succeed); the caller reads `connected` or the close.
+pub async fn ws_connect(url: &str, token: Option<&str>, carrier: Carrier) -> WsClient {
+    try_ws_connect(url, token, carrier, &[])
+        .await
+        .expect("websocket upgrade")
+}
+
+/// Connects with extra headers; returns the handshake error (e.g. a 403) instead of panicking.
+pub async fn try_ws_connect(
+    url: &str,
+    token: Option<&str>,
+    carrier: Carrier,
+    headers: &[(&'static str, &str)],
+) -> Result<WsClient, tungstenite::Error> {
+    let url = match (token, carrier) {
+        (Some(t), Carrier::Query) => format!("{url}?token={t}"),
+        _ => url.to_owned(),
+    };
+    let mut request = url.into_client_request()?;
+    match (token, carrier) {
+        (Some(t), Carrier::Subprotocol) => {
+            let value = format!("license.v1, bearer.{t}");
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_str(&value).unwrap(),
+            );
+        }
+        (Some(t), Carrier::Header) => {
+            request.headers_mut().insert(
+                "Authorization",
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
+        }
+        _ => {}
+    }
+    for (k, v) in headers {
+        request
+            .headers_mut()
+            .insert(*k, HeaderValue::from_str(v).unwrap());
+    }
+    let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .map_err(|_| tungstenite::Error::Io(std::io::Error::other("connect timeout")))??;
+    let protocol = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok(WsClient { ws, protocol })
+}
+
+/// What a client read.
+#[derive(Debug)]
+pub enum Read {
+    Text(String),
+    Close(Option<(u16, String)>),
+    Ended,
+}
+
+impl WsClient {
+    /// Connects and reads the `connected` message.
+    pub async fn connected(url: &str, token: &str) -> (Self, Value) {
+        let mut client = ws_connect(url, Some(token), Carrier::Subprotocol).await;
+        let hello = client.next_json().await;
+        assert_eq!(
+            hello["type"], "connected",
+            "expected connected, got {hello}"
+        );
+        (client, hello)
+    }
+
+    /// The next text, close or end of stream, skipping pings and pongs.
+    pub async fn read(&mut self, within: Duration) -> Option<Read> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            return Some(match next {
+                Some(Ok(Message::Text(t))) => Read::Text(t.to_string()),
+                Some(Ok(Message::Close(frame))) => Read::Close(
+                    frame.map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string())),
+                ),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Binary(b))) => {
+                    Read::Text(String::from_utf8_lossy(&b).into_owned())
+                }
+                Some(Err(_)) | None => Read::Ended,
+            });
+        }
+    }
+
+    /// The next text message as raw text; panics on anything else.
+    pub async fn next_text(&mut self) -> String {
+        match self.read(WAIT).await {
+            Some(Read::Text(t)) => t,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// The next text message as JSON.
+    pub async fn next_json(&mut self) -> Value {
+        let text = self.next_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Expects the server to close with this code and reason.
+    pub async fn expect_close(&mut self, code: u16, reason: &str) {
+        loop {
+            match self.read(WAIT).await {
+                Some(Read::Close(Some((c, r)))) => {
+                    assert_eq!((c, r.as_str()), (code, reason), "close code and reason");
+                    return;
+                }
+                Some(Read::Text(t)) => panic!("expected close {code} {reason:?}, got message {t}"),
+                other => panic!("expected close {code} {reason:?}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Expects no message for `quiet` (pings aside).
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(read) = self.read(quiet).await {
+            panic!("expected silence, got {read:?}");
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the binary with arguments and environment; returns status, stdout and stderr.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run cli");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Which engine a conformance test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+/// A gateway on the chosen engine, with its Redis (if any) kept alive alongside.
+pub struct Deployment {
+    pub gateway: Gateway,
+    pub redis: Option<Redis>,
+}
+
+impl Deployment {
+    pub async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let redis = (backend == Backend::Redis).then(Redis::start);
+        let mut options = match &redis {
+            Some(r) => GatewayOptions::redis(r),
+            None => GatewayOptions::memory(),
+        };
+        for (k, v) in env {
+            options = options.env(k, *v);
+        }
+        let gateway = Gateway::start(options).await;
+        Self { gateway, redis }
+    }
+
+    pub fn ws_url(&self) -> String {
+        self.gateway.ws_url()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.gateway.port
+    }
+}
+
+/// Lets a path be checked for existence in assertions.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
