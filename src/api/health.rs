@@ -28,7 +28,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
     } else {
         (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "node": state.node_id })),
+            Json(json!({ "status": "ready", "node": state.settings.node_id })),
         )
     }
 }

@@ -65,7 +65,10 @@ end
 local id = string.format('%d-%d', ms, seq)
 local payload = ARGV[1] .. id .. ARGV[2]
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id, 'event', payload)
-redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms - tonumber(ARGV[4])))
+local horizon = ms - tonumber(ARGV[4])
+if horizon > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', horizon))
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call(ARGV[5], KEYS[2], payload)
 return id

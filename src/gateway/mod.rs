@@ -60,8 +60,6 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// Settings.
     pub settings: Settings,
-    /// This node's id (also in `settings`; kept here for short access).
-    pub node_id: String,
     /// Token verification.
     pub verifier: Arc<Verifier>,
     /// The engine.
@@ -104,7 +102,6 @@ impl AppState {
             background_stop.clone(),
         ));
         Self(Arc::new(Inner {
-            node_id: settings.node_id.clone(),
             settings,
             verifier: Arc::new(verifier),
             engine,
@@ -137,7 +134,7 @@ impl AppState {
     pub fn node_stats(&self) -> NodeStats {
         let tenant_connections = self.hub.tenant_connections();
         NodeStats {
-            id: self.node_id.clone(),
+            id: self.settings.node_id.clone(),
             connections: tenant_connections.values().sum(),
             tenants: tenant_connections.len(),
             started_at: self.started_at.clone(),
@@ -265,7 +262,7 @@ pub async fn run(
     spawn_registry(&state);
 
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, node = %state.node_id, engine = state.engine.name(), "gateway listening");
+    tracing::info!(?addr, node = %state.settings.node_id, engine = state.engine.name(), "gateway listening");
     let app = router(state.clone());
     let stop_accepting = shutdown.clone();
     let server = tokio::spawn(
@@ -336,7 +333,7 @@ fn spawn_registry(state: &AppState) {
 pub async fn cluster_stats(state: &AppState) -> Result<serde_json::Value, EngineError> {
     let mut nodes = state.engine.nodes().await?;
     // This node's own entry is always live, not as of its last refresh.
-    nodes.retain(|n| n.id != state.node_id);
+    nodes.retain(|n| n.id != state.settings.node_id);
     if !state.is_draining() {
         nodes.push(state.node_stats());
     }

@@ -52,7 +52,7 @@ pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
             return;
         }
     };
-    let connection_id = format!("{}-{}", state.node_id, state.next_connection_id());
+    let connection_id = format!("{}-{}", state.settings.node_id, state.next_connection_id());
     let span = tracing::info_span!("session", %tenant, connection = %connection_id);
     let reason = {
         let session = Session {
@@ -86,7 +86,7 @@ impl Session<'_> {
         let connected = ServerMessage::Connected {
             tenant_id: self.membership.tenant(),
             connection_id,
-            node: &self.state.node_id,
+            node: &self.state.settings.node_id,
         };
         if !self.send(Message::Text(connected.to_json().into())).await {
             return None;

@@ -6,7 +6,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -544,15 +544,12 @@ impl WsClient {
 
     /// Expects the server to close with this code and reason.
     pub async fn expect_close(&mut self, code: u16, reason: &str) {
-        loop {
-            match self.read(WAIT).await {
-                Some(Read::Close(Some((c, r)))) => {
-                    assert_eq!((c, r.as_str()), (code, reason), "close code and reason");
-                    return;
-                }
-                Some(Read::Text(t)) => panic!("expected close {code} {reason:?}, got message {t}"),
-                other => panic!("expected close {code} {reason:?}, got {other:?}"),
+        match self.read(WAIT).await {
+            Some(Read::Close(Some((c, r)))) => {
+                assert_eq!((c, r.as_str()), (code, reason), "close code and reason")
             }
+            Some(Read::Text(t)) => panic!("expected close {code} {reason:?}, got message {t}"),
+            other => panic!("expected close {code} {reason:?}, got {other:?}"),
         }
     }
 
@@ -642,9 +639,4 @@ impl Deployment {
     pub fn port(&self) -> u16 {
         self.gateway.port
     }
-}
-
-/// Lets a path be checked for existence in assertions.
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }

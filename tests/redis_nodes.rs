@@ -1,0 +1,523 @@
+//! Several gateway nodes on one real Redis: cross-node delivery, the CLI publish path,
+//! subscription lifecycle, garbage on tenant channels, Redis outages, the node registry, and
+//! start-up configuration errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fred::prelude::*;
+use serde_json::{Value, json};
+
+/// The `event` field of the history entry with id `id`.
+async fn history_entry(client: &Client, tenant: &str, id: &str) -> String {
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = client
+        .xrange(format!("license:history:{{{tenant}}}"), id, id, None)
+        .await
+        .expect("XRANGE");
+    assert_eq!(entries.len(), 1, "history entry {id}");
+    entries[0].1.get("event").cloned().expect("event field")
+}
+
+async fn numsub(client: &Client, tenant: &str) -> i64 {
+    let channel = format!("license:events:{{{tenant}}}");
+    let reply: Vec<Value> = client
+        .pubsub_numsub::<Vec<fred::types::Value>, _>(channel)
+        .await
+        .expect("PUBSUB NUMSUB")
+        .into_iter()
+        .map(|v| match v {
+            fred::types::Value::Integer(n) => json!(n),
+            other => json!(other.as_string()),
+        })
+        .collect();
+    reply[1].as_i64().expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cross_nodes_byte_identical_to_history() {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let (mut client, hello) = WsClient::connected(&a.ws_url(), &tenant_token("acme")).await;
+    assert_eq!(hello["node"], a.node_id);
+    let r = redis.client().await;
+
+    // Through node B's API.
+    let sent = publish(
+        b.port,
+        "acme",
+        "usage_limit_exceeded",
+        json!({"metric": "users", "used": 101, "limit": 100, "percent": 101.0}),
+    )
+    .await;
+    let text = client.next_text().await;
+    let id = sent["id"].as_str().unwrap();
+    assert_eq!(
+        text,
+        history_entry(&r, "acme", id).await,
+        "delivered bytes equal the history entry"
+    );
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), sent);
+
+    // Through the CLI.
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "publish",
+            "--tenant",
+            "acme",
+            "--type",
+            "module_deactivated",
+            "--data",
+            r#"{"module":"payroll","reason":"disabled"}"#,
+        ],
+        &[("REDIS_URL", &redis.url())],
+    );
+    assert!(status.success(), "publish failed: {stderr}");
+    let cli_id = stdout.trim();
+    let text = client.next_text().await;
+    assert_eq!(text, history_entry(&r, "acme", cli_id).await);
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got["id"], cli_id);
+    assert_eq!(got["severity"], "warning");
+    assert_eq!(
+        got["data"],
+        json!({"module": "payroll", "reason": "disabled"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_follows_local_connections() {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let r = redis.client().await;
+    assert_eq!(numsub(&r, "acme").await, 0);
+
+    let (c1, _) = WsClient::connected(&a.ws_url(), &tenant_token("acme")).await;
+    let (c2, _) = WsClient::connected(&a.ws_url(), &tenant_token("acme")).await;
+    assert_eq!(
+        numsub(&r, "acme").await,
+        1,
+        "one subscription per node, not per connection"
+    );
+    let (c3, _) = WsClient::connected(&b.ws_url(), &tenant_token("acme")).await;
+    assert_eq!(numsub(&r, "acme").await, 2);
+
+    c1.close().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        numsub(&r, "acme").await,
+        2,
+        "node A still has a connection of acme"
+    );
+    c2.close().await;
+    eventually(WAIT, "node A unsubscribes", || async {
+        (numsub(&r, "acme").await == 1).then_some(())
+    })
+    .await;
+    c3.close().await;
+    eventually(WAIT, "node B unsubscribes", || async {
+        (numsub(&r, "acme").await == 0).then_some(())
+    })
+    .await;
+
+    // A tenant that comes back is subscribed again and served.
+    let (mut again, _) = WsClient::connected(&a.ws_url(), &tenant_token("acme")).await;
+    assert_eq!(numsub(&r, "acme").await, 1);
+    let sent = publish(b.port, "acme", "module_activated", json!({"module": "x"})).await;
+    assert_eq!(again.next_json().await, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_tenant_channel_is_dropped_and_delivery_continues() {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let (mut client, _) = WsClient::connected(&a.ws_url(), &tenant_token("acme")).await;
+    let r = redis.client().await;
+    let channel = "license:events:{acme}";
+    let garbage: Vec<fred::types::Value> = vec![
+        "garbage".into(),
+        "[]".into(),
+        "{\"type\":\"x\"}".into(),
+        "{\"type\":\"x\",\"tenantId\":\"globex\"}".into(),
+        "{\"type\":5,\"tenantId\":\"acme\"}".into(),
+        "{\"type\":\"x\",\"tenantId\":\"acme\"".into(),
+        fred::types::Value::Bytes(bytes::Bytes::from_static(b"\xff\xfe{\"type\":\"x\"}")),
+        "".into(),
+    ];
+    for payload in garbage {
+        let _: i64 = r.publish(channel, payload).await.unwrap();
+    }
+    // A well-formed envelope from another publisher is forwarded byte for byte.
+    let foreign = r#"{"type":"custom_notice","tenantId":"acme","data":{"n":1}}"#;
+    let _: i64 = r.publish(channel, foreign).await.unwrap();
+    assert_eq!(client.next_text().await, foreign);
+    let sent = publish(
+        a.port,
+        "acme",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    assert_eq!(client.next_json().await, sent);
+    client.expect_silence(Duration::from_millis(300)).await;
+    let log = a.log();
+    assert_eq!(
+        log.matches("dropped").count(),
+        8,
+        "each garbage payload is logged once:\n{log}"
+    );
+    assert!(!log.contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_publish_exit_codes() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let one_line = |stderr: &str| {
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "one-line error: {stderr:?}"
+        );
+    };
+
+    let (status, stdout, stderr) = run_cli(
+        &["publish", "--tenant", "acme", "--type", "license_expired"],
+        &env,
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.trim().split_once('-').is_some(),
+        "prints the id: {stdout:?}"
+    );
+
+    let (status, _, stderr) = run_cli(&["publish", "--tenant", "acme", "--type", "nope"], &env);
+    assert_eq!(status.code(), Some(2));
+    one_line(&stderr);
+    assert!(stderr.contains("unknown event type"), "{stderr}");
+
+    let (status, _, stderr) = run_cli(
+        &[
+            "publish",
+            "--tenant",
+            "acme",
+            "--type",
+            "license_expired",
+            "--data",
+            "{bad",
+        ],
+        &env,
+    );
+    assert_eq!(status.code(), Some(2));
+    one_line(&stderr);
+
+    let (status, _, stderr) = run_cli(
+        &[
+            "publish",
+            "--tenant",
+            "acme",
+            "--type",
+            "license_expired",
+            "--data",
+            "[1]",
+        ],
+        &env,
+    );
+    assert_eq!(status.code(), Some(2));
+    one_line(&stderr);
+
+    let (status, _, stderr) = run_cli(
+        &["publish", "--tenant", "acme", "--type", "license_expired"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("REDIS_URL"), "{stderr}");
+
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let (status, _, stderr) = run_cli(
+        &["publish", "--tenant", "acme", "--type", "license_expired"],
+        &[("REDIS_URL", &dead)],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    one_line(&stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_connections_and_fails_publishes_cleanly() {
+    let mut redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let mut clients = Vec::new();
+    for tenant in ["acme", "globex"] {
+        clients.push(
+            WsClient::connected(&a.ws_url(), &tenant_token(tenant))
+                .await
+                .0,
+        );
+    }
+    redis.stop();
+    eventually(WAIT, "readyz turns 503", || async {
+        matches!(
+            http(a.port, "GET", "/readyz", None, None).await,
+            Ok((503, _))
+        )
+        .then_some(())
+    })
+    .await;
+    let body = r#"{"type":"license_expired"}"#;
+    let (status, text) = http(
+        a.port,
+        "POST",
+        "/api/admin/tenants/acme/events",
+        Some(&admin_token()),
+        Some(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"]["code"],
+        "unavailable"
+    );
+    for client in &mut clients {
+        client.send_text(r#"{"type":"ping"}"#).await;
+        assert_eq!(
+            client.next_json().await["type"],
+            "pong",
+            "connections stay open while Redis is away"
+        );
+    }
+
+    redis.restart();
+    a.wait_ready().await;
+    let sent = publish(
+        a.port,
+        "acme",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    assert_eq!(clients[0].next_json().await, sent);
+    let sent = publish(
+        a.port,
+        "globex",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    assert_eq!(clients[1].next_json().await, sent);
+}
+
+async fn stats(port: u16) -> Value {
+    let (status, body) = http(port, "GET", "/api/admin/stats", Some(&admin_token()), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_span_all_nodes_and_dead_nodes_drop_out() {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let mut b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let _a1 = WsClient::connected(&a.ws_url(), &tenant_token("acme")).await;
+    let _a2 = WsClient::connected(&a.ws_url(), &tenant_token("acme")).await;
+    let _b1 = WsClient::connected(&b.ws_url(), &tenant_token("acme")).await;
+    let _b2 = WsClient::connected(&b.ws_url(), &tenant_token("globex")).await;
+    let expected = json!({"acme": 3, "globex": 1});
+    for port in [a.port, b.port] {
+        let s = eventually(WAIT, "stats cover both nodes", || async {
+            let s = stats(port).await;
+            (s["totalConnections"] == 4 && s["tenantConnections"] == expected).then_some(s)
+        })
+        .await;
+        assert_eq!(s["totalTenants"], 2);
+        let nodes = s["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2);
+        for node in nodes {
+            for key in ["id", "connections", "tenants", "startedAt", "lastSeen"] {
+                assert!(!node[key].is_null(), "{key} in {node}");
+            }
+        }
+    }
+    // A crashed node (no chance to deregister) drops out within 30 s.
+    b.kill();
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(40), "dead node drops out", || async {
+        let s = stats(a.port).await;
+        (s["nodes"].as_array().unwrap().len() == 1 && s["totalConnections"] == 2).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() <= Duration::from_secs(36),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_leaves_the_registry_at_once() {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let mut b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let _b1 = WsClient::connected(&b.ws_url(), &tenant_token("acme")).await;
+    eventually(WAIT, "b registered", || async {
+        (stats(a.port).await["totalConnections"] == 1).then_some(())
+    })
+    .await;
+    assert!(b.terminate(Duration::from_secs(15)).await.success());
+    let s = stats(a.port).await;
+    assert_eq!(s["totalConnections"], 0, "{s}");
+}
+
+#[test]
+fn configuration_errors_are_one_line_naming_the_variable() {
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("JWT_SECRET", "s"), ("PORT", "abc")], "PORT"),
+        (
+            vec![("JWT_SECRET", "s"), ("MAX_FRAME_BYTES", "-1")],
+            "MAX_FRAME_BYTES",
+        ),
+        (
+            vec![("JWT_SECRET", "s"), ("PING_INTERVAL_SECS", "0")],
+            "PING_INTERVAL_SECS",
+        ),
+        (
+            vec![("JWT_SECRET", "s"), ("LOG_FORMAT", "xml")],
+            "LOG_FORMAT",
+        ),
+        (
+            vec![("JWT_SECRET", "s"), ("REDIS_URL", "http://x")],
+            "REDIS_URL",
+        ),
+        (
+            vec![("JWT_SECRET", "s"), ("ALLOWED_ORIGINS", " , ")],
+            "ALLOWED_ORIGINS",
+        ),
+        (
+            vec![("JWT_PUBLIC_KEY", "/nonexistent.pem")],
+            "JWT_PUBLIC_KEY",
+        ),
+        (vec![], "JWT_SECRET"),
+    ];
+    for (env, var) in cases {
+        let (status, _, stderr) = run_cli(&["serve"], &env);
+        assert_eq!(status.code(), Some(2), "{var}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{var}: one line: {stderr:?}"
+        );
+        assert!(stderr.contains(var), "{var} named in {stderr:?}");
+    }
+    let (status, stdout, stderr) = run_cli(&["token", "--tenant", "acme"], &[("JWT_SECRET", "s")]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stdout.trim().split('.').count(),
+        3,
+        "a JWT alone on stdout: {stdout:?}"
+    );
+    assert_eq!(stdout.lines().count(), 1);
+    let (status, _, stderr) = run_cli(&["token", "--tenant", "acme"], &[]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("JWT_SECRET"));
+}
+
+/// Generates a key pair with openssl; returns (private PEM, public PEM path).
+fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join(format!("{kind}.key"));
+    let public = dir.join(format!("{kind}.pub"));
+    let gen_args: Vec<&str> = match kind {
+        "rsa" => vec![
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        _ => vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ],
+    };
+    let ok = std::process::Command::new("openssl")
+        .args(&gen_args)
+        .arg("-out")
+        .arg(&private)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok);
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    (std::fs::read(&private).unwrap(), public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_key_tokens_rs256_and_es256_with_issuer_and_audience() {
+    let dir = TempDir::new("lgw-keys");
+    for (kind, alg) in [
+        ("rsa", jsonwebtoken::Algorithm::RS256),
+        ("ec", jsonwebtoken::Algorithm::ES256),
+    ] {
+        let (private, public) = keypair(&dir.0, kind);
+        let key = match kind {
+            "rsa" => jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap(),
+            _ => jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap(),
+        };
+        let options = GatewayOptions::memory()
+            .env("JWT_SECRET", "")
+            .env("JWT_PUBLIC_KEY", public.to_string_lossy())
+            .env("JWT_ISSUER", "https://auth.example.com")
+            .env("JWT_AUDIENCE", "license-gateway")
+            .env("JWT_TENANT_CLAIM", "org");
+        let gateway = Gateway::start(options).await;
+        let sign = |claims: Value| {
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).unwrap()
+        };
+        let exp = now_secs() + 600;
+        let good = sign(
+            json!({"org": "acme", "exp": exp, "iss": "https://auth.example.com", "aud": "license-gateway"}),
+        );
+        let (_client, hello) = WsClient::connected(&gateway.ws_url(), &good).await;
+        assert_eq!(hello["tenantId"], "acme", "{kind}");
+        let bad = [
+            sign(
+                json!({"org": "acme", "exp": exp, "iss": "https://evil.example.com", "aud": "license-gateway"}),
+            ),
+            sign(
+                json!({"org": "acme", "exp": exp, "iss": "https://auth.example.com", "aud": "other"}),
+            ),
+            sign(json!({"org": "acme", "exp": exp, "aud": "license-gateway"})),
+            sign(
+                json!({"tenantId": "acme", "exp": exp, "iss": "https://auth.example.com", "aud": "license-gateway"}),
+            ),
+            // An HS256 token signed with the public key as the secret (the classic confusion attack).
+            sign_with(
+                jsonwebtoken::Algorithm::HS256,
+                &std::fs::read(&public).unwrap(),
+                &json!({"org": "acme", "exp": exp, "iss": "https://auth.example.com", "aud": "license-gateway"}),
+            ),
+        ];
+        for (i, token) in bad.iter().enumerate() {
+            let mut client = ws_connect(&gateway.ws_url(), Some(token), Carrier::Subprotocol).await;
+            client.expect_close(1008, "invalid token").await;
+            let _ = i;
+        }
+    }
+}
