@@ -130,20 +130,12 @@ async fn seed_broadcasts_usage_limit_warning(backend: Backend) {
     assert_eq!(got["data"], data);
 }
 
-async fn stats(port: u16) -> Value {
-    let (status, body) = http(port, "GET", "/api/admin/stats", Some(&admin_token()), None)
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 async fn seed_tracks_connection_stats(backend: Backend) {
     let d = Deployment::start(backend, &[]).await;
     let (a1, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
     let (_a2, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
     let (_g1, _) = WsClient::connected(&d.ws_url(), &tenant_token("globex")).await;
-    let s = stats(d.port()).await;
+    let s = admin_stats(d.port()).await;
     assert_eq!(s["totalConnections"], 3, "{s}");
     assert_eq!(s["totalTenants"], 2, "{s}");
     assert_eq!(s["tenantConnections"], json!({"acme": 2, "globex": 1}));
@@ -151,7 +143,7 @@ async fn seed_tracks_connection_stats(backend: Backend) {
     assert_eq!(s["nodes"][0]["connections"], 3);
     a1.close().await;
     eventually(WAIT, "stats drop to 2 connections", || async {
-        let s = stats(d.port()).await;
+        let s = admin_stats(d.port()).await;
         (s["totalConnections"] == 2 && s["tenantConnections"] == json!({"acme": 1, "globex": 1}))
             .then_some(())
     })

@@ -177,14 +177,6 @@ async fn cli_publish_exit_codes() {
     let redis = Redis::start();
     let url = redis.url();
     let env = [("REDIS_URL", url.as_str())];
-    let one_line = |stderr: &str| {
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "one-line error: {stderr:?}"
-        );
-    };
-
     let (status, stdout, stderr) = run_cli(
         &["publish", "--tenant", "acme", "--type", "license_expired"],
         &env,
@@ -195,55 +187,49 @@ async fn cli_publish_exit_codes() {
         "prints the id: {stdout:?}"
     );
 
-    let (status, _, stderr) = run_cli(&["publish", "--tenant", "acme", "--type", "nope"], &env);
-    assert_eq!(status.code(), Some(2));
-    one_line(&stderr);
-    assert!(stderr.contains("unknown event type"), "{stderr}");
-
-    let (status, _, stderr) = run_cli(
-        &[
-            "publish",
-            "--tenant",
-            "acme",
-            "--type",
-            "license_expired",
-            "--data",
-            "{bad",
-        ],
-        &env,
-    );
-    assert_eq!(status.code(), Some(2));
-    one_line(&stderr);
-
-    let (status, _, stderr) = run_cli(
-        &[
-            "publish",
-            "--tenant",
-            "acme",
-            "--type",
-            "license_expired",
-            "--data",
-            "[1]",
-        ],
-        &env,
-    );
-    assert_eq!(status.code(), Some(2));
-    one_line(&stderr);
-
-    let (status, _, stderr) = run_cli(
-        &["publish", "--tenant", "acme", "--type", "license_expired"],
-        &[],
-    );
-    assert_eq!(status.code(), Some(2));
-    assert!(stderr.contains("REDIS_URL"), "{stderr}");
-
     let dead = format!("redis://127.0.0.1:{}", free_port());
-    let (status, _, stderr) = run_cli(
-        &["publish", "--tenant", "acme", "--type", "license_expired"],
-        &[("REDIS_URL", &dead)],
+    let no_redis: [(&str, &str); 0] = [];
+    let dead_redis = [("REDIS_URL", dead.as_str())];
+    // (type, --data, environment, exit code, text the one-line error must contain)
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+        i32,
+        &'a str,
     );
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    one_line(&stderr);
+    let cases: [Case; 6] = [
+        ("nope", None, &env, 2, "unknown event type"),
+        ("license_expired", Some("{bad"), &env, 2, "not valid JSON"),
+        ("license_expired", Some("[1]"), &env, 2, "JSON object"),
+        ("license_expired", None, &no_redis, 2, "REDIS_URL"),
+        ("license_expired", None, &dead_redis, 1, "unavailable"),
+        (
+            "license_expired",
+            None,
+            &[("REDIS_URL", "http://x")],
+            2,
+            "REDIS_URL",
+        ),
+    ];
+    for (event_type, data, env, code, text) in cases {
+        let mut args = vec!["publish", "--tenant", "acme", "--type", event_type];
+        if let Some(data) = data {
+            args.extend(["--data", data]);
+        }
+        let (status, stdout, stderr) = run_cli(&args, env);
+        assert_eq!(status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {stderr:?}"
+        );
+        assert!(
+            stderr.contains(text),
+            "{args:?}: {stderr:?} should mention {text:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,14 +297,6 @@ async fn redis_outage_keeps_connections_and_fails_publishes_cleanly() {
     assert_eq!(clients[1].next_json().await, sent);
 }
 
-async fn stats(port: u16) -> Value {
-    let (status, body) = http(port, "GET", "/api/admin/stats", Some(&admin_token()), None)
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_span_all_nodes_and_dead_nodes_drop_out() {
     let redis = Redis::start();
@@ -331,7 +309,7 @@ async fn stats_span_all_nodes_and_dead_nodes_drop_out() {
     let expected = json!({"acme": 3, "globex": 1});
     for port in [a.port, b.port] {
         let s = eventually(WAIT, "stats cover both nodes", || async {
-            let s = stats(port).await;
+            let s = admin_stats(port).await;
             (s["totalConnections"] == 4 && s["tenantConnections"] == expected).then_some(s)
         })
         .await;
@@ -348,7 +326,7 @@ async fn stats_span_all_nodes_and_dead_nodes_drop_out() {
     b.kill();
     let started = std::time::Instant::now();
     eventually(Duration::from_secs(40), "dead node drops out", || async {
-        let s = stats(a.port).await;
+        let s = admin_stats(a.port).await;
         (s["nodes"].as_array().unwrap().len() == 1 && s["totalConnections"] == 2).then_some(())
     })
     .await;
@@ -366,11 +344,11 @@ async fn graceful_stop_leaves_the_registry_at_once() {
     let mut b = Gateway::start(GatewayOptions::redis(&redis)).await;
     let _b1 = WsClient::connected(&b.ws_url(), &tenant_token("acme")).await;
     eventually(WAIT, "b registered", || async {
-        (stats(a.port).await["totalConnections"] == 1).then_some(())
+        (admin_stats(a.port).await["totalConnections"] == 1).then_some(())
     })
     .await;
     assert!(b.terminate(Duration::from_secs(15)).await.success());
-    let s = stats(a.port).await;
+    let s = admin_stats(a.port).await;
     assert_eq!(s["totalConnections"], 0, "{s}");
 }
 

@@ -415,6 +415,15 @@ pub async fn publish(port: u16, tenant: &str, event_type: &str, data: Value) -> 
     serde_json::from_str(&text).expect("envelope JSON")
 }
 
+/// `GET /api/admin/stats` with an admin token; panics unless 200.
+pub async fn admin_stats(port: u16) -> Value {
+    let (status, body) = http(port, "GET", "/api/admin/stats", Some(&admin_token()), None)
+        .await
+        .expect("stats request");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("stats JSON")
+}
+
 /// Where a client puts its token.
 #[derive(Clone, Copy, Debug)]
 pub enum Carrier {
