@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Signer, Verifier, valid_tenant_id};
-use crate::config::{AuthArgs, ConfigError, PublishArgs, ServeArgs, TokenArgs};
+use crate::config::{AuthArgs, ConfigError, PublishArgs, ServeArgs, TokenArgs, WorkerArgs};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{ConnectMode, RedisEngine};
 use crate::engine::{EngineError, HistoryConfig, SharedEngine};
@@ -29,6 +29,12 @@ pub enum CommandError {
     /// Exit 1: the engine (Redis) cannot be used.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Exit 1: a worker pass left tenants unchecked.
+    #[error("{0}")]
+    Incomplete(String),
+    /// Exit 1: the validator failed.
+    #[error(transparent)]
+    Validator(#[from] crate::worker::ValidatorError),
     /// Exit 1: the server failed.
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
@@ -137,8 +143,15 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
         session_queue_len: args.session_queue_len as usize,
         unsubscribe_delay: args.unsubscribe_delay()?,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+        // On Redis the `worker` command validates; the embedded engine does it in-process.
+        embedded_validator: args
+            .redis
+            .redis_url
+            .is_none()
+            .then_some(Duration::from_secs(60)),
     };
     let history = history(args.history_size, args.history_ttl_secs);
+    let rules = args.rules.rules()?;
     let engine: SharedEngine = match &args.redis.redis_url {
         Some(url) => {
             check_redis_url(url)?;
@@ -154,7 +167,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
             addr: addr.to_string(),
             source,
         })?;
-    let state = AppState::new(settings, verifier, engine);
+    let state = AppState::new(settings, verifier, engine, rules);
     if args.demo {
         print_demo_banner(&args.auth, listener.local_addr().ok());
     }
@@ -235,4 +248,45 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
     let draft = EventDraft::new(args.tenant.clone(), event_type, data);
     let published = crate::engine::Engine::publish(&engine, &draft).await?;
     Ok(published.id.to_string())
+}
+
+/// `worker`: one pass (`--once`) or a loop until SIGTERM/SIGINT.
+pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
+    let rules = args.rules.rules()?;
+    let url = args.redis.redis_url.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            "REDIS_URL",
+            "required: the worker validates licenses stored in Redis",
+        )
+    })?;
+    check_redis_url(url)?;
+    let history = history(args.history_size, args.history_ttl_secs);
+    let shutdown = CancellationToken::new();
+    crate::shutdown::cancel_on_signal(shutdown.clone());
+    let mode = if args.once {
+        ConnectMode::OneShot
+    } else {
+        ConnectMode::Service
+    };
+    let engine: SharedEngine = if args.once {
+        Arc::new(RedisEngine::connect(url, history, mode).await?)
+    } else {
+        Arc::new(connect_redis(url, history, &shutdown).await?)
+    };
+    let validator = Arc::new(crate::worker::Validator::new(engine, rules));
+    if args.once {
+        let summary = validator.pass().await?;
+        if summary.failed > 0 {
+            return Err(CommandError::Incomplete(format!(
+                "{} tenant(s) could not be checked",
+                summary.failed
+            )));
+        }
+        return Ok(());
+    }
+    tracing::info!(interval_secs = args.interval, "worker looping");
+    validator
+        .run(Duration::from_secs(args.interval), shutdown)
+        .await;
+    Ok(())
 }

@@ -37,6 +37,92 @@ pub enum Command {
     Token(TokenArgs),
     /// Publish one event through the engine's atomic publish path (needs REDIS_URL).
     Publish(PublishArgs),
+    /// Validator worker on Redis: evaluates every license and publishes notices, exactly once.
+    Worker(WorkerArgs),
+}
+
+/// Notice thresholds, shared by `serve` (embedded validator, API) and `worker`.
+#[derive(Debug, Clone, Args)]
+pub struct RulesArgs {
+    /// Days before expiry at which `license_expiring` is sent, comma list. Default `30,7,1`.
+    #[arg(
+        long,
+        env = "EXPIRY_WARNING_DAYS",
+        value_name = "EXPIRY_WARNING_DAYS",
+        default_value = "30,7,1"
+    )]
+    pub expiry_warning_days: String,
+    /// Usage percentage of a limit at which `usage_limit_warning` is sent. Default 80.
+    #[arg(
+        long,
+        env = "USAGE_WARNING_PERCENT",
+        value_name = "USAGE_WARNING_PERCENT",
+        default_value_t = 80.0
+    )]
+    pub usage_warning_percent: f64,
+}
+
+impl RulesArgs {
+    /// The validated rules.
+    pub fn rules(&self) -> Result<crate::license::rules::Rules, ConfigError> {
+        let mut days = Vec::new();
+        for part in self.expiry_warning_days.split(',') {
+            let day: u32 = part
+                .trim()
+                .parse()
+                .ok()
+                .filter(|d| (1..=3650).contains(d))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "EXPIRY_WARNING_DAYS",
+                        format!("{part:?} is not a whole number of days from 1 to 3650"),
+                    )
+                })?;
+            days.push(day);
+        }
+        let percent = self.usage_warning_percent;
+        if !(percent > 0.0 && percent <= 100.0) {
+            return Err(ConfigError::new(
+                "USAGE_WARNING_PERCENT",
+                "must be above 0 and at most 100",
+            ));
+        }
+        Ok(crate::license::rules::Rules::new(days, percent))
+    }
+}
+
+/// `worker`: the validator on Redis.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// One pass over every tenant, then exit 0 (for a Kubernetes CronJob).
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between full passes; deadlines fire in between. Default 60.
+    #[arg(long, env = "WORKER_INTERVAL_SECS", value_name = "WORKER_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub interval: u64,
+    /// Redis connection (required).
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Notice thresholds.
+    #[command(flatten)]
+    pub rules: RulesArgs,
+    /// History size applied when trimming. Default 1000.
+    #[arg(
+        long,
+        env = "HISTORY_SIZE",
+        value_name = "HISTORY_SIZE",
+        default_value_t = 1000
+    )]
+    pub history_size: u32,
+    /// History age applied when trimming, seconds. Default 86400.
+    #[arg(
+        long,
+        env = "HISTORY_TTL_SECS",
+        value_name = "HISTORY_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub history_ttl_secs: u64,
 }
 
 /// Redis connection.
@@ -103,6 +189,9 @@ pub struct ServeArgs {
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Notice thresholds (embedded validator and API changes).
+    #[command(flatten)]
+    pub rules: RulesArgs,
     /// Comma list of allowed `Origin`s; unset = any. Requests without `Origin` are allowed.
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,

@@ -13,7 +13,10 @@
 //! - [`engine`]: the engine trait; [`engine::memory`] (single node) and [`engine::redis`].
 //! - [`gateway`]: the node — [`gateway::hub`] (tenant → sessions, subscriptions, fan-out) and
 //!   [`gateway::session`] (one WebSocket).
-//! - [`api`]: health, readiness and admin HTTP routes.
+//! - [`license`]: license documents and the pure rules (status, notices, diffs).
+//! - [`worker`]: the validator — evaluates licenses and publishes notices exactly once; run by
+//!   the `worker` command, in-process on the embedded engine, and by the admin API.
+//! - [`api`]: health, readiness, license and admin HTTP routes.
 //! - [`commands`]: what each subcommand does; `main.rs` only parses and dispatches.
 //! - [`telemetry`], [`shutdown`]: logs, signals.
 
@@ -23,6 +26,8 @@ pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod gateway;
+pub mod license;
 pub mod protocol;
 pub mod shutdown;
 pub mod telemetry;
+pub mod worker;

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => commands::serve(args).await,
             Command::Token(args) => commands::token(&args).map(|t| println!("{t}")),
             Command::Publish(args) => commands::publish(&args).await.map(|id| println!("{id}")),
+            Command::Worker(args) => commands::worker(&args).await,
         }
     });
     match result {

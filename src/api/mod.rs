@@ -3,10 +3,11 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod license;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::gateway::AppState;
 
@@ -23,5 +24,11 @@ pub fn routes() -> Router<AppState> {
             post(admin::publish_event),
         )
         .route("/api/admin/stats", get(admin::stats))
+        .route("/api/license", get(license::get_license))
+        .route(
+            "/api/admin/tenants/{tenant}/license",
+            put(license::put_license).delete(license::delete_license),
+        )
+        .route("/api/admin/tenants/{tenant}/usage", put(license::put_usage))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -1,7 +1,7 @@
 //! The embedded engine: one node, no Redis. Events are numbered, kept for resume and delivered
 //! in-process; the node registry holds just this node.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
@@ -9,14 +9,18 @@ use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Engine, EngineError, EventSink, HistoryConfig, NodeStats, Published};
+use super::{
+    Applied, Change, Engine, EngineError, EventSink, Expect, HistoryConfig, NodeStats, Published,
+    TenantRecord,
+};
 use crate::protocol::{EventDraft, EventId, now_ms};
 
-/// One tenant's retained events.
+/// One tenant's retained events and license state.
 #[derive(Default)]
 struct TenantLog {
     last: Option<EventId>,
     entries: VecDeque<(EventId, Utf8Bytes)>,
+    record: TenantRecord,
 }
 
 /// In-memory engine for single-node mode.
@@ -26,6 +30,7 @@ pub struct MemoryEngine {
     // an await. Delivery happens under it so concurrent publishes reach sessions in id order.
     tenants: Mutex<HashMap<String, TenantLog>>,
     node: Mutex<Option<NodeStats>>,
+    deadlines: Mutex<BTreeMap<String, u64>>,
     sink: OnceLock<Weak<dyn EventSink>>,
 }
 
@@ -36,8 +41,43 @@ impl MemoryEngine {
             history,
             tenants: Mutex::new(HashMap::new()),
             node: Mutex::new(None),
+            deadlines: Mutex::new(BTreeMap::new()),
             sink: OnceLock::new(),
         }
+    }
+}
+
+impl MemoryEngine {
+    fn lock_tenants(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, TenantLog>>, EngineError> {
+        self.tenants
+            .lock()
+            .map_err(|_| EngineError::Unavailable("memory engine lock poisoned".into()))
+    }
+
+    /// Numbers, retains and delivers one event; the caller holds the tenants lock, so delivery
+    /// order is id order.
+    fn append(&self, log: &mut TenantLog, draft: &EventDraft) -> Published {
+        let now = now_ms();
+        let id = match log.last {
+            Some(last) => last.next_after(now),
+            None => EventId { ms: now, seq: 0 },
+        };
+        log.last = Some(id);
+        let payload = Utf8Bytes::from(draft.envelope_json(id));
+        log.entries.push_back((id, payload.clone()));
+        while log.entries.len() > self.history.size as usize {
+            log.entries.pop_front();
+        }
+        let horizon = now.saturating_sub(self.history.ttl.as_millis() as u64);
+        while log.entries.front().is_some_and(|(id, _)| id.ms < horizon) {
+            log.entries.pop_front();
+        }
+        if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
+            sink.deliver(&draft.tenant, Some(id), payload.clone());
+        }
+        Published { id, payload }
     }
 }
 
@@ -57,31 +97,85 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
-        let now = now_ms();
-        let mut tenants = self
-            .tenants
-            .lock()
-            .map_err(|_| EngineError::Unavailable("memory engine lock poisoned".into()))?;
-        let log = tenants.entry(draft.tenant.clone()).or_default();
-        let id = match log.last {
-            Some(last) => last.next_after(now),
-            None => EventId { ms: now, seq: 0 },
+    async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
+        let mut tenants = self.lock_tenants()?;
+        let log = tenants.entry(tenant.to_owned()).or_default();
+        let record = &mut log.record;
+        let doc_ok = match &change.doc_expect {
+            Expect::Any => true,
+            Expect::Absent => record.doc.is_none(),
+            Expect::Value(v) => record.doc.as_ref() == Some(v),
         };
-        log.last = Some(id);
-        let payload = Utf8Bytes::from(draft.envelope_json(id));
-        log.entries.push_back((id, payload.clone()));
-        while log.entries.len() > self.history.size as usize {
-            log.entries.pop_front();
+        let fields_ok = change
+            .notices
+            .iter()
+            .all(|f| record.notices.get(&f.field) == f.expect.as_ref());
+        if !doc_ok || !fields_ok {
+            return Ok(Applied::Conflict);
         }
-        let horizon = now.saturating_sub(self.history.ttl.as_millis() as u64);
-        while log.entries.front().is_some_and(|(id, _)| id.ms < horizon) {
-            log.entries.pop_front();
+        if let Some(doc) = &change.doc_set {
+            record.doc = doc.clone();
         }
-        if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
-            sink.deliver(&draft.tenant, Some(id), payload.clone());
+        for swap in &change.notices {
+            match &swap.set {
+                Some(v) => record.notices.insert(swap.field.clone(), v.clone()),
+                None => record.notices.remove(&swap.field),
+            };
         }
-        Ok(Published { id, payload })
+        let published = change
+            .events
+            .iter()
+            .map(|draft| self.append(log, draft))
+            .collect();
+        Ok(Applied::Done(published))
+    }
+
+    async fn load(&self, tenant: &str) -> Result<TenantRecord, EngineError> {
+        Ok(self
+            .lock_tenants()?
+            .get(tenant)
+            .map(|log| log.record.clone())
+            .unwrap_or_default())
+    }
+
+    async fn merge_usage(
+        &self,
+        tenant: &str,
+        usage: &[(String, String)],
+    ) -> Result<(), EngineError> {
+        let mut tenants = self.lock_tenants()?;
+        let record = &mut tenants.entry(tenant.to_owned()).or_default().record;
+        for (metric, value) in usage {
+            record.usage.insert(metric.clone(), value.clone());
+        }
+        Ok(())
+    }
+
+    async fn licensed_tenants(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .lock_tenants()?
+            .iter()
+            .filter(|(_, log)| log.record.doc.is_some())
+            .map(|(t, _)| t.clone())
+            .collect())
+    }
+
+    async fn set_deadline(&self, tenant: &str, at_ms: Option<u64>) -> Result<(), EngineError> {
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
+        match at_ms {
+            Some(ms) => deadlines.insert(tenant.to_owned(), ms),
+            None => deadlines.remove(tenant),
+        };
+        Ok(())
+    }
+
+    async fn due_tenants(&self, now_ms: u64) -> Result<Vec<String>, EngineError> {
+        let deadlines = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now_ms)
+            .map(|(t, _)| t.clone())
+            .collect())
     }
 
     async fn subscribe(&self, _tenant: &str) -> Result<(), EngineError> {

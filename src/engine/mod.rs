@@ -77,8 +77,83 @@ pub enum EngineError {
     Protocol(String),
 }
 
-/// Durable publish, per-tenant subscription and node registry. Implementations are cheap to
-/// share (`Arc<dyn Engine>`).
+/// A tenant's stored license state, read in one atomic step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantRecord {
+    /// The license document JSON, if any.
+    pub doc: Option<String>,
+    /// Usage counters: metric → number (JSON number text).
+    pub usage: BTreeMap<String, String>,
+    /// Notice state: field → value (see `license::rules`).
+    pub notices: BTreeMap<String, String>,
+}
+
+/// What the stored document must be for a [`Change`] to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    /// Not checked.
+    Any,
+    /// No document stored.
+    Absent,
+    /// Exactly this JSON stored.
+    Value(String),
+}
+
+impl Expect {
+    /// `Absent` for `None`, `Value` otherwise.
+    pub fn from_option(doc: Option<&String>) -> Self {
+        doc.map_or(Expect::Absent, |d| Expect::Value(d.clone()))
+    }
+}
+
+/// A compare-and-set on one notice-state field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldSwap {
+    /// The field.
+    pub field: String,
+    /// Its expected current value (`None`: absent).
+    pub expect: Option<String>,
+    /// Its new value (`None`: remove).
+    pub set: Option<String>,
+}
+
+/// An atomic change of a tenant's state: every condition holds and everything is applied and
+/// published, or nothing is (SPEC §2: a publish is never half-applied; §3: notices once).
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Condition on the stored document.
+    pub doc_expect: Expect,
+    /// New document (`Some(None)`: delete; `None`: leave as is).
+    pub doc_set: Option<Option<String>>,
+    /// Compare-and-set on notice-state fields.
+    pub notices: Vec<FieldSwap>,
+    /// Events to append to the history and publish, in order, all of the change's tenant.
+    pub events: Vec<EventDraft>,
+}
+
+impl Change {
+    /// A change that only publishes events.
+    pub fn publish(events: Vec<EventDraft>) -> Self {
+        Self {
+            doc_expect: Expect::Any,
+            doc_set: None,
+            notices: Vec::new(),
+            events,
+        }
+    }
+}
+
+/// Outcome of [`Engine::apply`].
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// Conditions held; the events were published with these ids.
+    Done(Vec<Published>),
+    /// A condition did not hold (someone else changed the state first); nothing was applied.
+    Conflict,
+}
+
+/// Durable publish, per-tenant subscription, license storage and node registry.
+/// Implementations are cheap to share (`Arc<dyn Engine>`).
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
     /// Short name for logs (`memory`, `redis`).
@@ -93,9 +168,42 @@ pub trait Engine: Send + Sync + 'static {
         tracker: &TaskTracker,
     ) -> Result<(), EngineError>;
 
+    /// Checks the change's conditions and applies it — state writes, history appends and
+    /// channel publishes — as one atomic step.
+    async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError>;
+
     /// Appends the event to the tenant's history and publishes it on the tenant's channel, as
     /// one atomic step; returns the assigned id and the envelope.
-    async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError>;
+    async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
+        match self
+            .apply(&draft.tenant, &Change::publish(vec![draft.clone()]))
+            .await?
+        {
+            Applied::Done(mut published) if published.len() == 1 => Ok(published.remove(0)),
+            other => Err(EngineError::Protocol(format!(
+                "unconditional publish returned {other:?}"
+            ))),
+        }
+    }
+
+    /// The tenant's document, usage and notice state, read atomically.
+    async fn load(&self, tenant: &str) -> Result<TenantRecord, EngineError>;
+
+    /// Merges usage counters (metric → JSON number text) into the stored ones.
+    async fn merge_usage(
+        &self,
+        tenant: &str,
+        usage: &[(String, String)],
+    ) -> Result<(), EngineError>;
+
+    /// Tenants that have a license document.
+    async fn licensed_tenants(&self) -> Result<Vec<String>, EngineError>;
+
+    /// Records when the tenant next owes a notice (Unix ms), or that it never will.
+    async fn set_deadline(&self, tenant: &str, at_ms: Option<u64>) -> Result<(), EngineError>;
+
+    /// Tenants whose recorded deadline is at or before `now_ms`.
+    async fn due_tenants(&self, now_ms: u64) -> Result<Vec<String>, EngineError>;
 
     /// Starts receiving `tenant`'s events on this node. Returns once the subscription is in
     /// place: an event published after that reaches the sink.

@@ -17,8 +17,13 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Engine, EngineError, EventSink, HistoryConfig, NODE_TTL, NodeStats, Published};
-use crate::protocol::{EventDraft, EventId, check_channel_payload, now_ms};
+use serde::Deserialize;
+
+use super::{
+    Applied, Change, Engine, EngineError, EventSink, Expect, HistoryConfig, NODE_TTL, NodeStats,
+    Published, TenantRecord,
+};
+use crate::protocol::{EventId, check_channel_payload, now_ms};
 
 /// Pub/sub channel of tenant `t`.
 pub fn events_channel(t: &str) -> String {
@@ -43,13 +48,51 @@ fn tenant_of_channel(channel: &str) -> Option<&str> {
     channel.strip_prefix("license:events:{")?.strip_suffix('}')
 }
 
-/// Appends to the history and publishes, atomically (SPEC §5). The id is chosen here, not by
-/// `XADD *`, because the stored envelope must contain its own id: it is the server clock's
+/// License document of tenant `t`.
+pub fn doc_key(t: &str) -> String {
+    format!("license:doc:{{{t}}}")
+}
+
+/// Usage counters of tenant `t`.
+pub fn usage_key(t: &str) -> String {
+    format!("license:usage:{{{t}}}")
+}
+
+/// Notice state of tenant `t` (see `license::rules`).
+pub fn notices_key(t: &str) -> String {
+    format!("license:notices:{{{t}}}")
+}
+
+/// Sorted set of tenants scored by when they next owe a notice (ms).
+pub const DEADLINES_KEY: &str = "license:deadlines";
+
+/// Applies a [`Change`] atomically (SPEC §5): checks the document and notice-state conditions,
+/// writes, then appends each event to the history and publishes it. Each id is chosen here, not
+/// by `XADD *`, because the stored envelope must contain its own id: the server clock's
 /// millisecond, or one sequence number past the newest entry when the clock has not moved on.
 ///
-/// KEYS: history stream, channel. ARGV: envelope prefix, envelope suffix, max length,
-/// ttl in ms, publish command (`PUBLISH`, or `SPUBLISH` on a cluster).
-const PUBLISH_LUA: &str = r#"
+/// KEYS: history stream, channel, document, notice hash. ARGV: max length, ttl in ms, publish
+/// command (`PUBLISH`, or `SPUBLISH` on a cluster), the change as JSON.
+const APPLY_LUA: &str = r#"
+local spec = cjson.decode(ARGV[4])
+local function holds(current, expected)
+  if expected == cjson.null then return current == false end
+  return current == expected
+end
+if spec.doc_check and not holds(redis.call('GET', KEYS[3]), spec.doc_expect) then
+  return {'conflict'}
+end
+for _, f in ipairs(spec.notices) do
+  if not holds(redis.call('HGET', KEYS[4], f.field), f.expect) then return {'conflict'} end
+end
+if spec.doc_write then
+  if spec.doc_set == cjson.null then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], spec.doc_set) end
+end
+for _, f in ipairs(spec.notices) do
+  if f.set == cjson.null then redis.call('HDEL', KEYS[4], f.field) else redis.call('HSET', KEYS[4], f.field, f.set) end
+end
+local out = {'ok'}
+if #spec.events == 0 then return out end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seq = 0
@@ -62,17 +105,73 @@ if #last > 0 then
     seq = tonumber(lseq) + 1
   end
 end
-local id = string.format('%d-%d', ms, seq)
-local payload = ARGV[1] .. id .. ARGV[2]
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id, 'event', payload)
-local horizon = ms - tonumber(ARGV[4])
+for _, e in ipairs(spec.events) do
+  local id = string.format('%d-%d', ms, seq)
+  local payload = e[1] .. id .. e[2]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'event', payload)
+  redis.call(ARGV[3], KEYS[2], payload)
+  table.insert(out, id)
+  seq = seq + 1
+end
+local horizon = ms - tonumber(ARGV[2])
 if horizon > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', horizon))
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call(ARGV[5], KEYS[2], payload)
-return id
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return out
 "#;
+
+/// Reads a tenant's document, usage and notice state in one step, as JSON.
+/// KEYS: document, usage hash, notice hash.
+const LOAD_LUA: &str = r#"
+local doc = redis.call('GET', KEYS[1])
+if doc == false then doc = cjson.null end
+return cjson.encode({doc = doc, usage = redis.call('HGETALL', KEYS[2]), notices = redis.call('HGETALL', KEYS[3])})
+"#;
+
+/// The change as the apply script reads it.
+#[derive(serde::Serialize)]
+struct ApplySpec<'a> {
+    doc_check: bool,
+    doc_expect: Option<&'a str>,
+    doc_write: bool,
+    doc_set: Option<&'a str>,
+    notices: Vec<SwapSpec<'a>>,
+    events: Vec<(String, String)>,
+}
+
+#[derive(serde::Serialize)]
+struct SwapSpec<'a> {
+    field: &'a str,
+    expect: Option<&'a str>,
+    set: Option<&'a str>,
+}
+
+/// The record as the load script returns it (hashes as flat key/value lists).
+#[derive(serde::Deserialize)]
+struct LoadedRecord {
+    doc: Option<String>,
+    #[serde(default, deserialize_with = "flat_pairs")]
+    usage: std::collections::BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "flat_pairs")]
+    notices: std::collections::BTreeMap<String, String>,
+}
+
+/// HGETALL's flat list; Lua's cjson encodes an empty one as `{}`.
+fn flat_pairs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let mut out = std::collections::BTreeMap::new();
+    if let serde_json::Value::Array(items) = value {
+        for pair in items.chunks(2) {
+            if let [serde_json::Value::String(k), serde_json::Value::String(v)] = pair {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// How the engine connects: long-lived nodes reconnect forever; one-shot CLI commands fail fast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +188,8 @@ pub struct RedisEngine {
     config: Config,
     mode: ConnectMode,
     history: HistoryConfig,
-    publish_script: Script,
+    apply_script: Script,
+    load_script: Script,
     subscriber: OnceLock<SubscriberClient>,
     state: Arc<RedisState>,
 }
@@ -127,7 +227,8 @@ impl RedisEngine {
             config,
             mode,
             history,
-            publish_script: Script::from_lua(PUBLISH_LUA),
+            apply_script: Script::from_lua(APPLY_LUA),
+            load_script: Script::from_lua(LOAD_LUA),
             subscriber: OnceLock::new(),
             state: Arc::new(RedisState::default()),
         };
@@ -322,26 +423,137 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
-    async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
-        let (prefix, suffix) = draft.envelope_parts();
-        let keys = vec![history_key(&draft.tenant), events_channel(&draft.tenant)];
+    async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
+        let parts: Vec<(String, String)> =
+            change.events.iter().map(|d| d.envelope_parts()).collect();
+        let (doc_check, doc_expect) = match &change.doc_expect {
+            Expect::Any => (false, None),
+            Expect::Absent => (true, None),
+            Expect::Value(v) => (true, Some(v.as_str())),
+        };
+        let spec = ApplySpec {
+            doc_check,
+            doc_expect,
+            doc_write: change.doc_set.is_some(),
+            doc_set: change.doc_set.as_ref().and_then(|d| d.as_deref()),
+            notices: change
+                .notices
+                .iter()
+                .map(|f| SwapSpec {
+                    field: &f.field,
+                    expect: f.expect.as_deref(),
+                    set: f.set.as_deref(),
+                })
+                .collect(),
+            events: parts.clone(),
+        };
+        let spec =
+            serde_json::to_string(&spec).map_err(|e| EngineError::Protocol(e.to_string()))?;
+        let keys = vec![
+            history_key(tenant),
+            events_channel(tenant),
+            doc_key(tenant),
+            notices_key(tenant),
+        ];
         let args: Vec<Value> = vec![
-            prefix.clone().into(),
-            suffix.clone().into(),
             (self.history.size as i64).into(),
             (self.history.ttl.as_millis() as i64).into(),
             "PUBLISH".into(),
+            spec.into(),
         ];
-        let id: String = self
-            .publish_script
+        let reply: Vec<String> = self
+            .apply_script
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(unavailable)?;
-        let id: EventId = id
-            .parse()
-            .map_err(|_| EngineError::Protocol(format!("publish script returned {id:?}")))?;
-        let payload = Utf8Bytes::from(format!("{prefix}{id}{suffix}"));
-        Ok(Published { id, payload })
+        match reply.split_first() {
+            Some((status, _)) if status == "conflict" => Ok(Applied::Conflict),
+            Some((status, ids)) if status == "ok" && ids.len() == parts.len() => {
+                let mut published = Vec::with_capacity(ids.len());
+                for (id, (prefix, suffix)) in ids.iter().zip(parts) {
+                    let id: EventId = id.parse().map_err(|_| {
+                        EngineError::Protocol(format!("apply script returned id {id:?}"))
+                    })?;
+                    published.push(Published {
+                        id,
+                        payload: Utf8Bytes::from(format!("{prefix}{id}{suffix}")),
+                    });
+                }
+                Ok(Applied::Done(published))
+            }
+            _ => Err(EngineError::Protocol(format!(
+                "apply script returned {reply:?}"
+            ))),
+        }
+    }
+
+    async fn load(&self, tenant: &str) -> Result<TenantRecord, EngineError> {
+        let keys = vec![doc_key(tenant), usage_key(tenant), notices_key(tenant)];
+        let json: String = self
+            .load_script
+            .evalsha_with_reload(&self.client, keys, Vec::<Value>::new())
+            .await
+            .map_err(unavailable)?;
+        let loaded: LoadedRecord = serde_json::from_str(&json)
+            .map_err(|e| EngineError::Protocol(format!("load script: {e}")))?;
+        Ok(TenantRecord {
+            doc: loaded.doc,
+            usage: loaded.usage,
+            notices: loaded.notices,
+        })
+    }
+
+    async fn merge_usage(
+        &self,
+        tenant: &str,
+        usage: &[(String, String)],
+    ) -> Result<(), EngineError> {
+        let values: Vec<(String, String)> = usage.to_vec();
+        let _: () = self
+            .client
+            .hset(usage_key(tenant), values)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn licensed_tenants(&self) -> Result<Vec<String>, EngineError> {
+        use futures_util::TryStreamExt;
+        let keys: Vec<Key> = self
+            .client
+            .scan_buffered("license:doc:{*}", Some(1000), None)
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| k.as_str())
+            .filter_map(|k| k.strip_prefix("license:doc:{")?.strip_suffix('}'))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    async fn set_deadline(&self, tenant: &str, at_ms: Option<u64>) -> Result<(), EngineError> {
+        let _: () = match at_ms {
+            Some(ms) => self
+                .client
+                .zadd(DEADLINES_KEY, None, None, false, false, (ms as f64, tenant))
+                .await
+                .map_err(unavailable)?,
+            None => self
+                .client
+                .zrem(DEADLINES_KEY, tenant)
+                .await
+                .map_err(unavailable)?,
+        };
+        Ok(())
+    }
+
+    async fn due_tenants(&self, now_ms: u64) -> Result<Vec<String>, EngineError> {
+        self.client
+            .zrangebyscore(DEADLINES_KEY, f64::NEG_INFINITY, now_ms as f64, false, None)
+            .await
+            .map_err(unavailable)
     }
 
     async fn subscribe(&self, tenant: &str) -> Result<(), EngineError> {

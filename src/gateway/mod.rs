@@ -23,7 +23,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Verifier, bearer_token};
 use crate::engine::{EngineError, EventSink, NodeStats, SharedEngine};
+use crate::license::rules::Rules;
 use crate::protocol::{BEARER_PREFIX, CloseReason, SUBPROTOCOL, rfc3339_millis};
+use crate::worker::Validator;
 use hub::Hub;
 
 /// How often a node refreshes its registry entry.
@@ -50,6 +52,8 @@ pub struct Settings {
     pub unsubscribe_delay: Duration,
     /// Longest wait for sessions to close at shutdown.
     pub shutdown_timeout: Duration,
+    /// Run the validator loop in-process (embedded engine), with this full-pass interval.
+    pub embedded_validator: Option<Duration>,
 }
 
 /// Shared state of a gateway node; cheap to clone.
@@ -66,6 +70,8 @@ pub struct Inner {
     pub engine: SharedEngine,
     /// Local sessions and subscriptions.
     pub hub: Arc<Hub>,
+    /// License evaluation and notices.
+    pub validator: Arc<Validator>,
     /// Start time, RFC 3339.
     pub started_at: String,
     draining: AtomicBool,
@@ -91,7 +97,7 @@ impl FromRef<AppState> for Arc<Verifier> {
 
 impl AppState {
     /// Builds the node state. Nothing runs until [`run`].
-    pub fn new(settings: Settings, verifier: Verifier, engine: SharedEngine) -> Self {
+    pub fn new(settings: Settings, verifier: Verifier, engine: SharedEngine, rules: Rules) -> Self {
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
         let hub = Arc::new(Hub::new(
@@ -104,6 +110,7 @@ impl AppState {
         Self(Arc::new(Inner {
             settings,
             verifier: Arc::new(verifier),
+            validator: Arc::new(Validator::new(engine.clone(), rules)),
             engine,
             hub,
             started_at: rfc3339_millis(time::OffsetDateTime::now_utc()),
@@ -262,6 +269,11 @@ pub async fn run(
         .start(sink, state.background_stop.clone(), &state.background)
         .await?;
     spawn_registry(&state);
+    if let Some(interval) = state.settings.embedded_validator {
+        let validator = state.validator.clone();
+        let stop = state.background_stop.clone();
+        state.background.spawn(validator.run(interval, stop));
+    }
 
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, node = %state.settings.node_id, engine = state.engine.name(), "gateway listening");

@@ -1,0 +1,288 @@
+//! The validator: turns stored licenses, usage and the clock into events, exactly once, through
+//! the engine's atomic compare-and-set ([`crate::engine::Engine::apply`]). The same code serves the
+//! `worker` command (Redis), the embedded engine (in-process) and the admin API (changes).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Number;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{
+    Applied, Change, EngineError, Expect, FieldSwap, Published, SharedEngine, TenantRecord,
+};
+use crate::license::document::{License, Usage};
+use crate::license::rules::{self, Notice, Plan, Rules};
+use crate::protocol::{EventDraft, rfc3339_millis};
+
+/// How often a looping validator looks for tenants whose deadline has come.
+pub const DEADLINE_POLL: Duration = Duration::from_millis(500);
+/// Compare-and-set attempts before giving up on a contended tenant (another validator won).
+const ATTEMPTS: usize = 8;
+
+/// Validator failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidatorError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The stored document cannot be read (written by something else, or corrupted).
+    #[error("stored license of {tenant} is unreadable: {message}")]
+    Corrupt {
+        /// The tenant.
+        tenant: String,
+        /// Why.
+        message: String,
+    },
+    /// Too many concurrent changes of one tenant.
+    #[error("gave up on {0} after repeated concurrent changes")]
+    Contended(String),
+}
+
+/// Result of storing a license.
+#[derive(Debug)]
+pub enum PutOutcome {
+    /// The document was new.
+    Created(Vec<Published>),
+    /// The document replaced another.
+    Updated(Vec<Published>),
+    /// Identical to the stored one: nothing written or published.
+    Unchanged,
+}
+
+/// Evaluates licenses and publishes notices.
+pub struct Validator {
+    engine: SharedEngine,
+    rules: Rules,
+}
+
+fn drafts(tenant: &str, notices: Vec<Notice>) -> Vec<EventDraft> {
+    notices
+        .into_iter()
+        .map(|n| EventDraft::new(tenant, n.event_type, n.data))
+        .collect()
+}
+
+/// Parses stored usage counters (JSON number text).
+pub fn parse_usage(stored: &BTreeMap<String, String>) -> Usage {
+    stored
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str::<Number>(v).ok()?)))
+        .collect()
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl Validator {
+    /// A validator over `engine` with `rules`.
+    pub fn new(engine: SharedEngine, rules: Rules) -> Self {
+        Self { engine, rules }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    fn license(
+        &self,
+        tenant: &str,
+        record: &TenantRecord,
+    ) -> Result<Option<License>, ValidatorError> {
+        record
+            .doc
+            .as_deref()
+            .map(License::from_stored)
+            .transpose()
+            .map_err(|e| ValidatorError::Corrupt {
+                tenant: tenant.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Publishes every notice `tenant` owes now and records its next deadline. Returns the
+    /// events published by this call (others may have been published by another validator).
+    pub async fn check_tenant(&self, tenant: &str) -> Result<Vec<Published>, ValidatorError> {
+        let mut published = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let record = self.engine.load(tenant).await?;
+            let Some(license) = self.license(tenant, &record)? else {
+                self.engine.set_deadline(tenant, None).await?;
+                return Ok(published);
+            };
+            let now = now();
+            let usage = parse_usage(&record.usage);
+            let plans = rules::evaluate(&license, &usage, &record.notices, now, &self.rules);
+            let mut conflict = false;
+            for plan in plans {
+                match self.apply_plan(tenant, &record, plan).await? {
+                    Applied::Done(events) => published.extend(events),
+                    Applied::Conflict => {
+                        conflict = true;
+                        break;
+                    }
+                }
+            }
+            if conflict {
+                continue;
+            }
+            let next = rules::next_deadline(&license, &self.rules, now)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
+            self.engine.set_deadline(tenant, next).await?;
+            return Ok(published);
+        }
+        Err(ValidatorError::Contended(tenant.to_owned()))
+    }
+
+    /// One plan as one atomic change, conditioned on the document it was computed from.
+    async fn apply_plan(
+        &self,
+        tenant: &str,
+        record: &TenantRecord,
+        plan: Plan,
+    ) -> Result<Applied, EngineError> {
+        let change = Change {
+            doc_expect: Expect::from_option(record.doc.as_ref()),
+            doc_set: None,
+            notices: vec![FieldSwap {
+                field: plan.field,
+                expect: plan.expect,
+                set: plan.set,
+            }],
+            events: drafts(tenant, plan.events),
+        };
+        self.engine.apply(tenant, &change).await
+    }
+
+    /// Stores (or, with `None`, deletes) the tenant's license and publishes what the change
+    /// implies, then any notice now owed. `Ok(None)` from a delete means there was nothing.
+    pub async fn put_license(
+        &self,
+        tenant: &str,
+        license: Option<&License>,
+    ) -> Result<Option<PutOutcome>, ValidatorError> {
+        let new_json = license.map(License::to_json);
+        for _ in 0..ATTEMPTS {
+            let record = self.engine.load(tenant).await?;
+            if record.doc == new_json {
+                return Ok(new_json.map(|_| PutOutcome::Unchanged));
+            }
+            // An unreadable stored document is replaced; the diff treats it as absent.
+            let old = self.license(tenant, &record).unwrap_or_else(|error| {
+                tracing::warn!(%error, "replacing an unreadable stored license");
+                None
+            });
+            let change = Change {
+                doc_expect: Expect::from_option(record.doc.as_ref()),
+                doc_set: Some(new_json.clone()),
+                notices: Vec::new(),
+                events: drafts(tenant, rules::diff(old.as_ref(), license)),
+            };
+            match self.engine.apply(tenant, &change).await? {
+                Applied::Conflict => continue,
+                Applied::Done(mut published) => {
+                    match self.check_tenant(tenant).await {
+                        Ok(more) => published.extend(more),
+                        // The change is stored; owed notices follow on the next pass.
+                        Err(error) => {
+                            tracing::warn!(tenant, %error, "post-change evaluation failed")
+                        }
+                    }
+                    return Ok(Some(match (record.doc.is_some(), license.is_some()) {
+                        (false, _) => PutOutcome::Created(published),
+                        _ => PutOutcome::Updated(published),
+                    }));
+                }
+            }
+        }
+        Err(ValidatorError::Contended(tenant.to_owned()))
+    }
+
+    /// Merges usage counters and publishes the threshold notices now owed.
+    pub async fn put_usage(
+        &self,
+        tenant: &str,
+        usage: &Usage,
+    ) -> Result<Vec<Published>, ValidatorError> {
+        let values: Vec<(String, String)> = usage
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        self.engine.merge_usage(tenant, &values).await?;
+        self.check_tenant(tenant).await
+    }
+
+    /// One pass over every licensed tenant; errors of one tenant do not stop the pass.
+    pub async fn pass(&self) -> Result<PassSummary, ValidatorError> {
+        let started = std::time::Instant::now();
+        let tenants = self.engine.licensed_tenants().await?;
+        let mut summary = PassSummary::default();
+        for tenant in &tenants {
+            match self.check_tenant(tenant).await {
+                Ok(published) => summary.events += published.len(),
+                Err(error) => {
+                    summary.failed += 1;
+                    tracing::warn!(tenant, %error, "tenant check failed");
+                }
+            }
+        }
+        summary.tenants = tenants.len();
+        tracing::info!(
+            tenants = summary.tenants,
+            events = summary.events,
+            failed = summary.failed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "validator pass done"
+        );
+        Ok(summary)
+    }
+
+    /// Checks the tenants whose deadline has come.
+    pub async fn due(&self) -> Result<usize, ValidatorError> {
+        let now_ms = (now().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+        let mut events = 0;
+        for tenant in self.engine.due_tenants(now_ms).await? {
+            match self.check_tenant(&tenant).await {
+                Ok(published) => events += published.len(),
+                Err(error) => tracing::warn!(%tenant, %error, "tenant check failed"),
+            }
+        }
+        Ok(events)
+    }
+
+    /// Loops until `shutdown`: a full pass every `interval`, and the due tenants every
+    /// [`DEADLINE_POLL`], so deadlines fire within about half a second, not at the next pass.
+    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut next_pass = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_pass {
+                if let Err(error) = self.pass().await {
+                    tracing::warn!(%error, "validator pass failed; retrying at the next tick");
+                }
+                next_pass = tokio::time::Instant::now() + interval;
+            } else if let Err(error) = self.due().await {
+                tracing::debug!(%error, "deadline check failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(DEADLINE_POLL) => {}
+            }
+        }
+        tracing::info!(at = %rfc3339_millis(now()), "validator stopped");
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassSummary {
+    /// Tenants checked.
+    pub tenants: usize,
+    /// Events published by this pass.
+    pub events: usize,
+    /// Tenants whose check failed.
+    pub failed: usize,
+}
