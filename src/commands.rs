@@ -169,9 +169,47 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
         })?;
     let state = AppState::new(settings, verifier, engine, rules);
     if args.demo {
+        seed_demo(&state).await?;
         print_demo_banner(&args.auth, listener.local_addr().ok());
     }
     gateway::run(listener, state, shutdown).await?;
+    Ok(())
+}
+
+/// Stores the demo tenants' licenses and usage: `acme` (enterprise, a module expiring in 20
+/// days, users near their limit) and `globex` (starter, expiring in 6 days).
+async fn seed_demo(state: &AppState) -> Result<(), CommandError> {
+    use crate::license::document::{License, parse_usage};
+    let today = time::OffsetDateTime::now_utc();
+    let today = today.replace_nanosecond(0).unwrap_or(today);
+    let in_days = |d: i64| crate::license::document::format_date(today + time::Duration::days(d));
+    let tenants = [
+        (
+            serde_json::json!({
+                "tenantId": "acme", "plan": "enterprise", "expiresAt": in_days(45),
+                "modules": {"analytics": {"enabled": true, "expiresAt": in_days(20)},
+                            "payroll": {"enabled": false}, "reports": {"enabled": true}},
+                "limits": {"users": 100, "storage_gb": 50}
+            }),
+            serde_json::json!({"users": 72, "storage_gb": 18.5}),
+        ),
+        (
+            serde_json::json!({
+                "tenantId": "globex", "plan": "starter", "expiresAt": in_days(6),
+                "modules": {"reports": {"enabled": true}},
+                "limits": {"users": 10}
+            }),
+            serde_json::json!({"users": 4}),
+        ),
+    ];
+    for (doc, usage) in tenants {
+        let tenant = doc["tenantId"].as_str().unwrap_or_default().to_owned();
+        let license =
+            License::parse(&tenant, &doc).map_err(|e| CommandError::Usage(e.to_string()))?;
+        let usage = parse_usage(&usage).map_err(|e| CommandError::Usage(e.to_string()))?;
+        state.validator.put_license(&tenant, Some(&license)).await?;
+        state.validator.put_usage(&tenant, &usage).await?;
+    }
     Ok(())
 }
 
@@ -190,6 +228,11 @@ fn print_demo_banner(auth: &AuthArgs, addr: Option<std::net::SocketAddr>) {
          \n  WebSocket (tenant acme):   ws://127.0.0.1:{port}/ws/license?token={acme}\
          \n  WebSocket (tenant globex): ws://127.0.0.1:{port}/ws/license?token={globex}\
          \n  Admin token:               {admin}\
+         \n\n  License view (tenant acme):\
+         \n    curl http://127.0.0.1:{port}/api/license -H 'Authorization: Bearer {acme}'\
+         \n\n  Push acme's usage over its limit (publishes usage_limit_exceeded):\
+         \n    curl -X PUT http://127.0.0.1:{port}/api/admin/tenants/acme/usage \\\
+         \n      -H 'Authorization: Bearer {admin}' -d '{{\"users\":120}}'\
          \n\n  Publish an event to acme:\
          \n    curl -X POST http://127.0.0.1:{port}/api/admin/tenants/acme/events \\\
          \n      -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\

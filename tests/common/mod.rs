@@ -193,6 +193,18 @@ impl Gateway {
 
     /// Starts a gateway without waiting for it.
     pub fn spawn(options: GatewayOptions) -> Self {
+        Self::spawn_args(&["serve"], options)
+    }
+
+    /// Starts a looping validator worker (`worker` subcommand) on `redis`.
+    pub fn worker(redis: &Redis, args: &[&str]) -> Self {
+        let mut all = vec!["worker"];
+        all.extend_from_slice(args);
+        Self::spawn_args(&all, GatewayOptions::redis(redis))
+    }
+
+    /// Starts the binary with `args` and the test environment.
+    pub fn spawn_args(args: &[&str], options: GatewayOptions) -> Self {
         let dir = TempDir::new("lgw-node");
         let port = free_port();
         let node_id = format!("node-{port}");
@@ -200,7 +212,7 @@ impl Gateway {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(binary());
         command
-            .arg("serve")
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
@@ -252,6 +264,13 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -535,6 +554,18 @@ impl WsClient {
                 Some(Err(_)) | None => Read::Ended,
             });
         }
+    }
+
+    /// Every message until `quiet` passes without one, as JSON.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(read) = self.read(quiet).await {
+            match read {
+                Read::Text(t) => out.push(serde_json::from_str(&t).expect("JSON message")),
+                other => panic!("expected messages, got {other:?}"),
+            }
+        }
+        out
     }
 
     /// The next text message as raw text; panics on anything else.
