@@ -58,13 +58,6 @@ impl CommandError {
     }
 }
 
-fn history(size: u32, ttl_secs: u64) -> HistoryConfig {
-    HistoryConfig {
-        size,
-        ttl: Duration::from_secs(ttl_secs),
-    }
-}
-
 /// A random alphanumeric string (demo secret, node id suffix).
 fn random_string(len: usize) -> String {
     rand::rng()
@@ -150,7 +143,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
             .is_none()
             .then_some(Duration::from_secs(60)),
     };
-    let history = history(args.history_size, args.history_ttl_secs);
+    let history = args.history.config();
     let rules = args.rules.rules()?;
     let engine: SharedEngine = match &args.redis.redis_url {
         Some(url) => {
@@ -282,12 +275,7 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
         )
     })?;
     check_redis_url(url)?;
-    let engine = RedisEngine::connect(
-        url,
-        history(args.history_size, args.history_ttl_secs),
-        ConnectMode::OneShot,
-    )
-    .await?;
+    let engine = RedisEngine::connect(url, args.history.config(), ConnectMode::OneShot).await?;
     let draft = EventDraft::new(args.tenant.clone(), event_type, data);
     let published = crate::engine::Engine::publish(&engine, &draft).await?;
     Ok(published.id.to_string())
@@ -303,7 +291,7 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
         )
     })?;
     check_redis_url(url)?;
-    let history = history(args.history_size, args.history_ttl_secs);
+    let history = args.history.config();
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone());
     let mode = if args.once {

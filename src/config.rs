@@ -107,22 +107,9 @@ pub struct WorkerArgs {
     /// Notice thresholds.
     #[command(flatten)]
     pub rules: RulesArgs,
-    /// History size applied when trimming. Default 1000.
-    #[arg(
-        long,
-        env = "HISTORY_SIZE",
-        value_name = "HISTORY_SIZE",
-        default_value_t = 1000
-    )]
-    pub history_size: u32,
-    /// History age applied when trimming, seconds. Default 86400.
-    #[arg(
-        long,
-        env = "HISTORY_TTL_SECS",
-        value_name = "HISTORY_TTL_SECS",
-        default_value_t = 86_400
-    )]
-    pub history_ttl_secs: u64,
+    /// History retention applied when trimming.
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 /// Redis connection.
@@ -215,14 +202,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_QUEUE_LEN", value_name = "SESSION_QUEUE_LEN", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub session_queue_len: u32,
-    /// Per-tenant events kept for resume. Default 1000.
-    #[arg(long, env = "HISTORY_SIZE", value_name = "HISTORY_SIZE", default_value_t = 1000,
-          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub history_size: u32,
-    /// Age after which history entries are trimmed, in seconds. Default 86400.
-    #[arg(long, env = "HISTORY_TTL_SECS", value_name = "HISTORY_TTL_SECS", default_value_t = 86_400,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub history_ttl_secs: u64,
+    /// History retention.
+    #[command(flatten)]
+    pub history: HistoryArgs,
     /// This node's id in stats and `connected` messages; default: host name plus a random suffix.
     #[arg(long, env = "NODE_ID", value_name = "NODE_ID")]
     pub node_id: Option<String>,
@@ -268,6 +250,29 @@ impl ServeArgs {
     }
 }
 
+/// Per-tenant history retention (SPEC §1), used by everything that publishes.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Per-tenant events kept for resume. Default 1000.
+    #[arg(long, env = "HISTORY_SIZE", value_name = "HISTORY_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub history_size: u32,
+    /// Age after which history entries are trimmed, in seconds. Default 86400.
+    #[arg(long, env = "HISTORY_TTL_SECS", value_name = "HISTORY_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_ttl_secs: u64,
+}
+
+impl HistoryArgs {
+    /// The engine's view of it.
+    pub fn config(&self) -> crate::engine::HistoryConfig {
+        crate::engine::HistoryConfig {
+            size: self.history_size,
+            ttl: Duration::from_secs(self.history_ttl_secs),
+        }
+    }
+}
+
 /// `token`: mint a JWT.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
@@ -300,22 +305,9 @@ pub struct PublishArgs {
     /// Redis connection (required).
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// History size applied when trimming. Default 1000.
-    #[arg(
-        long,
-        env = "HISTORY_SIZE",
-        value_name = "HISTORY_SIZE",
-        default_value_t = 1000
-    )]
-    pub history_size: u32,
-    /// History age applied when trimming, seconds. Default 86400.
-    #[arg(
-        long,
-        env = "HISTORY_TTL_SECS",
-        value_name = "HISTORY_TTL_SECS",
-        default_value_t = 86_400
-    )]
-    pub history_ttl_secs: u64,
+    /// History retention applied when trimming.
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 /// A configuration value that cannot be used; displays as one line naming the variable.

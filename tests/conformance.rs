@@ -9,21 +9,7 @@ use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 
-/// Generates one `#[tokio::test]` per engine for each listed test function.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Backend::Memory).await } )*
-        }
-        mod redis {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Backend::Redis).await } )*
-        }
-    };
-}
-
-conformance!(
+both_engines!(
     seed_server_initializes,
     seed_rejects_connection_without_token,
     seed_accepts_valid_token_on_every_carrier,

@@ -438,6 +438,13 @@ mod tests {
         OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
     }
 
+    fn module(enabled: bool, expires: Option<&str>) -> super::super::document::Module {
+        super::super::document::Module {
+            enabled,
+            expires_at: expires.map(at),
+        }
+    }
+
     fn license(expires: &str) -> License {
         License {
             tenant_id: "acme".into(),
@@ -594,18 +601,10 @@ mod tests {
         let mut l = license("2030-01-01T00:00:00Z");
         l.modules.insert(
             "analytics".into(),
-            super::super::document::Module {
-                enabled: true,
-                expires_at: Some(at("2026-03-01T00:00:00Z")),
-            },
+            module(true, Some("2026-03-01T00:00:00Z")),
         );
-        l.modules.insert(
-            "old".into(),
-            super::super::document::Module {
-                enabled: false,
-                expires_at: Some(at("2026-03-01T00:00:00Z")),
-            },
-        );
+        l.modules
+            .insert("old".into(), module(false, Some("2026-03-01T00:00:00Z")));
         let mut state = BTreeMap::new();
         let events = apply(&mut state, |s| {
             evaluate(
@@ -643,33 +642,16 @@ mod tests {
     #[test]
     fn diff_lists_changes_and_module_transitions() {
         let mut old = license("2030-01-01T00:00:00Z");
-        old.modules.insert(
-            "a".into(),
-            super::super::document::Module {
-                enabled: true,
-                expires_at: None,
-            },
-        );
-        old.modules.insert(
-            "b".into(),
-            super::super::document::Module {
-                enabled: false,
-                expires_at: None,
-            },
-        );
+        old.modules.insert("a".into(), module(true, None));
+        old.modules.insert("b".into(), module(false, None));
         assert!(diff(Some(&old), Some(&old)).is_empty());
         let mut new = old.clone();
         new.plan = "enterprise".into();
         new.limits.insert("users".into(), Number::from(200));
         new.modules.get_mut("a").unwrap().enabled = false;
         new.modules.get_mut("b").unwrap().enabled = true;
-        new.modules.insert(
-            "c".into(),
-            super::super::document::Module {
-                enabled: true,
-                expires_at: Some(at("2027-01-01T00:00:00Z")),
-            },
-        );
+        new.modules
+            .insert("c".into(), module(true, Some("2027-01-01T00:00:00Z")));
         let events = diff(Some(&old), Some(&new));
         let summary: Vec<(EventType, Value)> = events
             .iter()
@@ -703,27 +685,10 @@ mod tests {
     #[test]
     fn status_shows_expiry_locks_and_limits() {
         let mut l = license("2026-01-10T00:00:00Z");
-        l.modules.insert(
-            "a".into(),
-            super::super::document::Module {
-                enabled: true,
-                expires_at: None,
-            },
-        );
-        l.modules.insert(
-            "b".into(),
-            super::super::document::Module {
-                enabled: false,
-                expires_at: None,
-            },
-        );
-        l.modules.insert(
-            "c".into(),
-            super::super::document::Module {
-                enabled: true,
-                expires_at: Some(at("2025-12-01T00:00:00Z")),
-            },
-        );
+        l.modules.insert("a".into(), module(true, None));
+        l.modules.insert("b".into(), module(false, None));
+        l.modules
+            .insert("c".into(), module(true, Some("2025-12-01T00:00:00Z")));
         let usage = Usage::from([("users".to_owned(), Number::from(85))]);
         let rules = Rules::default();
         let s = status(&l, &usage, at("2025-12-29T12:00:00Z"), &rules);
