@@ -127,6 +127,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
         }
     }
     let verifier = Verifier::from_args(&args.auth)?;
+    let (drain_delay, drain_window) = args.drain()?;
     let settings = Settings {
         node_id: args.node_id.clone().unwrap_or_else(default_node_id),
         allowed_origins: args.origins()?,
@@ -136,6 +137,8 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
         session_queue_len: args.session_queue_len as usize,
         unsubscribe_delay: args.unsubscribe_delay()?,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+        drain_delay,
+        drain_window,
         // On Redis the `worker` command validates; the embedded engine does it in-process.
         embedded_validator: args
             .redis

@@ -216,6 +216,22 @@ pub struct ServeArgs {
         default_value_t = 2.0
     )]
     pub unsubscribe_delay_secs: f64,
+    /// On SIGTERM, seconds readiness stays off before sessions are closed. Default 0.
+    #[arg(
+        long,
+        env = "DRAIN_DELAY_SECS",
+        value_name = "DRAIN_DELAY_SECS",
+        default_value_t = 0.0
+    )]
+    pub drain_delay_secs: f64,
+    /// On SIGTERM, seconds over which sessions are closed with 1001, spread evenly. Default 2.
+    #[arg(
+        long,
+        env = "DRAIN_WINDOW_SECS",
+        value_name = "DRAIN_WINDOW_SECS",
+        default_value_t = 2.0
+    )]
+    pub drain_window_secs: f64,
     /// Longest wait for sessions to close on shutdown before the process exits anyway. Default 10.
     #[arg(
         long,
@@ -241,6 +257,15 @@ impl ServeArgs {
             return Err(ConfigError::new("ALLOWED_ORIGINS", "empty list"));
         }
         Ok(Some(list))
+    }
+
+    /// The drain delay and window as durations.
+    pub fn drain(&self) -> Result<(Duration, Duration), ConfigError> {
+        let delay = Duration::try_from_secs_f64(self.drain_delay_secs)
+            .map_err(|e| ConfigError::new("DRAIN_DELAY_SECS", e.to_string()))?;
+        let window = Duration::try_from_secs_f64(self.drain_window_secs)
+            .map_err(|e| ConfigError::new("DRAIN_WINDOW_SECS", e.to_string()))?;
+        Ok((delay, window))
     }
 
     /// The unsubscribe delay as a duration.

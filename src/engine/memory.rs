@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Applied, Change, Engine, EngineError, EventSink, Expect, HistoryConfig, NodeStats, Published,
-    TenantRecord,
+    Applied, Change, Engine, EngineError, EventSink, Expect, History, HistoryConfig, NodeStats,
+    Published, TenantRecord,
 };
 use crate::protocol::{EventDraft, EventId, now_ms};
 
@@ -178,9 +178,38 @@ impl Engine for MemoryEngine {
             .collect())
     }
 
-    async fn subscribe(&self, _tenant: &str) -> Result<(), EngineError> {
+    async fn subscribe(&self, tenant: &str) -> Result<Option<EventId>, EngineError> {
         // Every publish reaches this node's sink; the hub drops tenants without sessions.
-        Ok(())
+        Ok(self
+            .lock_tenants()?
+            .get(tenant)
+            .and_then(|log| log.entries.back().map(|(id, _)| *id)))
+    }
+
+    async fn history_after(
+        &self,
+        tenant: &str,
+        after: Option<EventId>,
+    ) -> Result<History, EngineError> {
+        let tenants = self.lock_tenants()?;
+        let Some(entries) = tenants
+            .get(tenant)
+            .map(|log| &log.entries)
+            .filter(|e| !e.is_empty())
+        else {
+            return Ok(History::Empty);
+        };
+        let start = match after {
+            None => 0,
+            Some(after) => match entries.binary_search_by(|(id, _)| id.cmp(&after)) {
+                Ok(i) => i + 1,
+                Err(_) => {
+                    let (first, last) = (entries[0].0, entries[entries.len() - 1].0);
+                    return Ok(History::miss(after, first, last));
+                }
+            },
+        };
+        Ok(History::After(entries.range(start..).cloned().collect()))
     }
 
     async fn unsubscribe(&self, _tenant: &str) -> Result<(), EngineError> {

@@ -37,6 +37,54 @@ pub trait EventSink: Send + Sync {
     /// One event of `tenant`, in the tenant's publish order. Must not block: called from the
     /// engine's receive loop.
     fn deliver(&self, tenant: &str, id: Option<EventId>, payload: Utf8Bytes);
+
+    /// Live delivery may have missed events (connection lost, receive loop lagged): hold live
+    /// events back until [`EventSink::gap_ends`]. Called before subscriptions are restored.
+    fn gap_begins(&self) {}
+
+    /// Subscriptions are back: fill each tenant's gap from the history, then release the held
+    /// events. Must not block.
+    fn gap_ends(&self) {}
+}
+
+/// The events of a tenant's history after a given id (resume, gap filling).
+#[derive(Debug, Clone)]
+pub enum History {
+    /// The id is in the history; these events follow it, in order (possibly none).
+    After(Vec<(EventId, Utf8Bytes)>),
+    /// The history is empty (never written, expired, or lost with its store).
+    Empty,
+    /// The id is older than the oldest retained event: events may have been trimmed.
+    TooOld,
+    /// The id is newer than the newest event.
+    TooNew,
+    /// The id lies within the history but is not one of its events (or the history was lost
+    /// and rewritten since).
+    Unknown,
+}
+
+impl History {
+    /// Classifies a missed id against the first and last retained ids.
+    pub fn miss(after: EventId, first: EventId, last: EventId) -> History {
+        if after < first {
+            History::TooOld
+        } else if after > last {
+            History::TooNew
+        } else {
+            History::Unknown
+        }
+    }
+
+    /// The reason a client is told when it must resync instead.
+    pub fn resync_reason(&self) -> Option<&'static str> {
+        match self {
+            History::After(_) => None,
+            History::Empty => Some("history is empty"),
+            History::TooOld => Some("lastEventId is older than the oldest retained event"),
+            History::TooNew => Some("lastEventId is newer than the newest event"),
+            History::Unknown => Some("lastEventId is not in the history"),
+        }
+    }
 }
 
 /// History retention (SPEC §1 `HISTORY_SIZE`, `HISTORY_TTL_SECS`).
@@ -206,8 +254,17 @@ pub trait Engine: Send + Sync + 'static {
     async fn due_tenants(&self, now_ms: u64) -> Result<Vec<String>, EngineError>;
 
     /// Starts receiving `tenant`'s events on this node. Returns once the subscription is in
-    /// place: an event published after that reaches the sink.
-    async fn subscribe(&self, tenant: &str) -> Result<(), EngineError>;
+    /// place — an event published after that reaches the sink — with the id of the newest
+    /// event in the history then (the point from which a gap would be filled).
+    async fn subscribe(&self, tenant: &str) -> Result<Option<EventId>, EngineError>;
+
+    /// The tenant's events after `after` (all retained events when `None`), at most the
+    /// history size.
+    async fn history_after(
+        &self,
+        tenant: &str,
+        after: Option<EventId>,
+    ) -> Result<History, EngineError>;
 
     /// Stops receiving `tenant`'s events on this node.
     async fn unsubscribe(&self, tenant: &str) -> Result<(), EngineError>;

@@ -20,8 +20,8 @@ use tokio_util::task::TaskTracker;
 use serde::Deserialize;
 
 use super::{
-    Applied, Change, Engine, EngineError, EventSink, Expect, HistoryConfig, NODE_TTL, NodeStats,
-    Published, TenantRecord,
+    Applied, Change, Engine, EngineError, EventSink, Expect, History, HistoryConfig, NODE_TTL,
+    NodeStats, Published, TenantRecord,
 };
 use crate::protocol::{EventId, check_channel_payload, now_ms};
 
@@ -129,6 +129,42 @@ if doc == false then doc = cjson.null end
 return cjson.encode({doc = doc, usage = redis.call('HGETALL', KEYS[2]), notices = redis.call('HGETALL', KEYS[3])})
 "#;
 
+/// The tenant's events after an id (resume, gap filling). The id must be in the stream: an id
+/// that was trimmed, never existed, or belongs to a history lost with a Redis restart cannot be
+/// resumed from, and the reply says which (Centrifugo's epoch check, by exact match).
+/// KEYS: history stream. ARGV: the id (`-` for everything), max entries.
+/// Reply: `ok, id1, event1, …` | `miss, first, last` | `empty`.
+const HISTORY_LUA: &str = r#"
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first == 0 then return {'empty'} end
+local start = '-'
+if ARGV[1] ~= '-' then
+  if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+    local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+    return {'miss', first[1][1], last[1][1]}
+  end
+  start = '(' .. ARGV[1]
+end
+local out = {'ok'}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'event' then
+      table.insert(out, entry[1])
+      table.insert(out, fields[i + 1])
+    end
+  end
+end
+return out
+"#;
+
+/// Newest id of a stream, or nothing. KEYS: history stream.
+const LAST_ID_LUA: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return false end
+return last[1][1]
+"#;
+
 /// The change as the apply script reads it.
 #[derive(serde::Serialize)]
 struct ApplySpec<'a> {
@@ -190,6 +226,8 @@ pub struct RedisEngine {
     history: HistoryConfig,
     apply_script: Script,
     load_script: Script,
+    history_script: Script,
+    last_id_script: Script,
     subscriber: OnceLock<SubscriberClient>,
     state: Arc<RedisState>,
 }
@@ -229,6 +267,8 @@ impl RedisEngine {
             history,
             apply_script: Script::from_lua(APPLY_LUA),
             load_script: Script::from_lua(LOAD_LUA),
+            history_script: Script::from_lua(HISTORY_LUA),
+            last_id_script: Script::from_lua(LAST_ID_LUA),
             subscriber: OnceLock::new(),
             state: Arc::new(RedisState::default()),
         };
@@ -327,7 +367,8 @@ impl Engine for RedisEngine {
         subscriber.init().await.map_err(unavailable)?;
         self.state.subscriptions_ok.store(true, Ordering::Relaxed);
 
-        // Receive loop: forwards every message; a lag is logged and counted, never silent.
+        // Receive loop: forwards every message; a lag is logged, counted and refilled.
+        let keeper_sink = sink.clone();
         let state = self.state.clone();
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -345,8 +386,12 @@ impl Engine for RedisEngine {
                         state.lagged.fetch_add(n, Ordering::Relaxed);
                         tracing::error!(
                             lost = n,
-                            "pub/sub receive loop lagged: messages were lost"
+                            "pub/sub receive loop lagged; refilling from history"
                         );
+                        if let Some(sink) = sink.upgrade() {
+                            sink.gap_begins();
+                            sink.gap_ends();
+                        }
                     }
                     Err(RecvError::Closed) => break,
                 }
@@ -371,6 +416,10 @@ impl Engine for RedisEngine {
                     r = reconnects.recv() => {
                         if r.is_err() { continue; }
                         state.subscriptions_ok.store(false, Ordering::Relaxed);
+                        // Nothing arrives before the resubscribe below, so holding live events
+                        // from here loses none and lets the gap fill go first.
+                        let sink = keeper_sink.upgrade();
+                        if let Some(sink) = &sink { sink.gap_begins(); }
                         loop {
                             match sub.resubscribe_all().await {
                                 Ok(()) => break,
@@ -384,6 +433,7 @@ impl Engine for RedisEngine {
                             }
                         }
                         state.subscriptions_ok.store(true, Ordering::Relaxed);
+                        if let Some(sink) = &sink { sink.gap_ends(); }
                         tracing::info!(channels = sub.tracked_channels().len(), "redis subscriber (re)connected; subscriptions restored");
                     }
                 }
@@ -556,11 +606,49 @@ impl Engine for RedisEngine {
             .map_err(unavailable)
     }
 
-    async fn subscribe(&self, tenant: &str) -> Result<(), EngineError> {
+    async fn subscribe(&self, tenant: &str) -> Result<Option<EventId>, EngineError> {
         self.subscriber()?
             .subscribe(events_channel(tenant))
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        let last: Option<String> = self
+            .last_id_script
+            .evalsha_with_reload(&self.client, vec![history_key(tenant)], Vec::<Value>::new())
+            .await
+            .map_err(unavailable)?;
+        Ok(last.and_then(|id| id.parse().ok()))
+    }
+
+    async fn history_after(
+        &self,
+        tenant: &str,
+        after: Option<EventId>,
+    ) -> Result<History, EngineError> {
+        let from = after.map_or_else(|| "-".to_owned(), |id| id.to_string());
+        let args: Vec<Value> = vec![from.into(), (self.history.size as i64).into()];
+        let reply: Vec<String> = self
+            .history_script
+            .evalsha_with_reload(&self.client, vec![history_key(tenant)], args)
+            .await
+            .map_err(unavailable)?;
+        let bad = || EngineError::Protocol(format!("history script returned {reply:?}"));
+        match reply.split_first() {
+            Some((status, _)) if status == "empty" => Ok(History::Empty),
+            Some((status, rest)) if status == "miss" && rest.len() == 2 => {
+                let first = rest[0].parse().map_err(|_| bad())?;
+                let last = rest[1].parse().map_err(|_| bad())?;
+                Ok(after.map_or(History::Empty, |a| History::miss(a, first, last)))
+            }
+            Some((status, rest)) if status == "ok" && rest.len() % 2 == 0 => {
+                let mut events = Vec::with_capacity(rest.len() / 2);
+                for pair in rest.chunks(2) {
+                    let id: EventId = pair[0].parse().map_err(|_| bad())?;
+                    events.push((id, Utf8Bytes::from(pair[1].clone())));
+                }
+                Ok(History::After(events))
+            }
+            _ => Err(bad()),
+        }
     }
 
     async fn unsubscribe(&self, tenant: &str) -> Result<(), EngineError> {

@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{EngineError, EventSink, SharedEngine};
-use crate::protocol::{CloseReason, EventId};
+use crate::engine::{EngineError, EventSink, History, SharedEngine};
+use crate::protocol::{CloseReason, EventId, ServerMessage};
 
 /// How long a first session waits for its tenant's subscription before giving up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,16 +30,19 @@ pub struct Outbox {
     cap: usize,
 }
 
+/// A queued message: an event with its id, or a control message (`None`).
+type Item = (Option<EventId>, Utf8Bytes);
+
 #[derive(Default)]
 struct OutboxState {
-    queue: VecDeque<Utf8Bytes>,
+    queue: VecDeque<Item>,
     close: Option<CloseReason>,
 }
 
 /// What a session finds in its outbox.
 pub enum Next {
-    /// An event to send.
-    Event(Utf8Bytes),
+    /// A message to send, with its event id when it is an event.
+    Event(Option<EventId>, Utf8Bytes),
     /// Close the connection with this reason (queued events are dropped).
     Close(CloseReason),
     /// Nothing for now.
@@ -62,7 +65,7 @@ impl Outbox {
 
     /// Queues an event; on overflow marks the session a slow consumer instead. Returns false
     /// when the event was not queued.
-    pub fn push(&self, payload: Utf8Bytes) -> bool {
+    pub fn push(&self, id: Option<EventId>, payload: Utf8Bytes) -> bool {
         let mut state = self.lock();
         if state.close.is_some() {
             return false;
@@ -74,7 +77,7 @@ impl Outbox {
             self.notify.notify_one();
             return false;
         }
-        state.queue.push_back(payload);
+        state.queue.push_back((id, payload));
         drop(state);
         self.notify.notify_one();
         true
@@ -97,7 +100,7 @@ impl Outbox {
             return Next::Close(reason);
         }
         match state.queue.pop_front() {
-            Some(payload) => Next::Event(payload),
+            Some((id, payload)) => Next::Event(id, payload),
             None => {
                 // Give back the memory of a burst once it has drained.
                 if state.queue.capacity() > 64 {
@@ -129,8 +132,17 @@ impl Membership {
     }
 }
 
+/// Live events held per tenant while a gap is filled, at most this many (then: resync).
+const PENDING_CAP: usize = 100_000;
+
 struct TenantEntry {
     sessions: HashMap<u64, Arc<Outbox>>,
+    /// Newest event id handed to this tenant's sessions (or the history's newest when the
+    /// subscription started): where a gap fill resumes, and below which events are duplicates.
+    last_id: Option<EventId>,
+    /// While a gap is being filled: live events held back (`overflow` when too many).
+    pending: Option<Vec<Item>>,
+    overflow: bool,
     // Async mutex: held across the engine's (un)subscribe so concurrent first sessions of a
     // tenant wait for one subscription instead of racing. Per tenant, never on the event path.
     subscribed: Arc<tokio::sync::Mutex<bool>>,
@@ -153,6 +165,8 @@ pub struct Hub {
     deliveries: AtomicU64,
     /// Signalled when sessions join or leave, so the node registry refreshes promptly.
     changed: Notify,
+    /// Signalled when held tenants should be filled from history.
+    gap: Notify,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -175,6 +189,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             deliveries: AtomicU64::new(0),
             changed: Notify::new(),
+            gap: Notify::new(),
             tracker,
             shutdown,
         }
@@ -202,6 +217,9 @@ impl Hub {
                     let k: Arc<str> = Arc::from(tenant);
                     let entry = shard.entry(k.clone()).or_insert_with(|| TenantEntry {
                         sessions: HashMap::new(),
+                        last_id: None,
+                        pending: None,
+                        overflow: false,
                         subscribed: Arc::new(tokio::sync::Mutex::new(false)),
                     });
                     (k, entry)
@@ -220,10 +238,16 @@ impl Hub {
             let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.engine.subscribe(tenant))
                 .await
                 .unwrap_or_else(|_| Err(EngineError::Unavailable("subscribe timed out".into())));
-            if let Err(error) = result {
-                drop(is_subscribed);
-                self.leave(&membership);
-                return Err(error);
+            let baseline = match result {
+                Ok(baseline) => baseline,
+                Err(error) => {
+                    drop(is_subscribed);
+                    self.leave(&membership);
+                    return Err(error);
+                }
+            };
+            if let Some(entry) = self.shard(tenant).get_mut(tenant) {
+                entry.last_id = entry.last_id.max(baseline);
             }
             *is_subscribed = true;
             tracing::debug!(tenant, "subscribed tenant channel");
@@ -294,18 +318,6 @@ impl Hub {
         }
     }
 
-    /// Asks every session to close with `reason`.
-    pub fn close_all(&self, reason: CloseReason) {
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            for entry in shard.values() {
-                for outbox in entry.sessions.values() {
-                    outbox.close(reason);
-                }
-            }
-        }
-    }
-
     /// Sessions per tenant on this node (tenants with at least one session).
     pub fn tenant_connections(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -331,21 +343,177 @@ impl Hub {
     }
 }
 
-impl EventSink for Hub {
-    fn deliver(&self, tenant: &str, _id: Option<EventId>, payload: Utf8Bytes) {
-        let shard = self.shard(tenant);
-        let Some(entry) = shard.get(tenant) else {
-            return;
-        };
-        let mut delivered = 0;
-        for outbox in entry.sessions.values() {
-            // A clone of `Utf8Bytes` is a reference count: every recipient shares one buffer.
-            if outbox.push(payload.clone()) {
-                delivered += 1;
+/// Hands one message to every session of a tenant; returns how many took it.
+fn fan_out(entry: &TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64 {
+    let mut delivered = 0;
+    for outbox in entry.sessions.values() {
+        // A clone of `Utf8Bytes` is a reference count: every recipient shares one buffer.
+        if outbox.push(id, payload.clone()) {
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
+/// Delivers an event unless it is not newer than the last one (a duplicate from a gap fill).
+fn deliver_in_order(entry: &mut TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64 {
+    if let Some(id) = id {
+        if entry.last_id.is_some_and(|last| id <= last) {
+            return 0;
+        }
+        entry.last_id = Some(id);
+    }
+    fan_out(entry, id, payload)
+}
+
+impl Hub {
+    /// Fills every held tenant's gap from the history, then releases its held events; runs
+    /// until `shutdown`. A failed fill (Redis away again) is retried.
+    pub async fn fill_gaps(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut retry = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.gap.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)), if retry => {}
+            }
+            retry = false;
+            let held: Vec<Arc<str>> = self
+                .shards
+                .iter()
+                .flat_map(|shard| {
+                    let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                    shard
+                        .iter()
+                        .filter(|(_, e)| e.pending.is_some())
+                        .map(|(t, _)| t.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for tenant in held {
+                if !self.fill(&tenant).await {
+                    retry = true;
+                }
             }
         }
+    }
+
+    /// One tenant's gap fill; false when the history could not be read (still held).
+    async fn fill(&self, tenant: &Arc<str>) -> bool {
+        let last = match self.shard(tenant).get(tenant) {
+            Some(entry) => entry.last_id,
+            None => return true,
+        };
+        let history = self.engine.history_after(tenant, last).await;
+        let mut shard = self.shard(tenant);
+        let Some(entry) = shard.get_mut(tenant) else {
+            return true;
+        };
+        let mut delivered = 0;
+        let lost = match history {
+            Err(error) => {
+                tracing::warn!(tenant = &**tenant, %error, "gap fill failed; retrying");
+                return false;
+            }
+            Ok(History::After(events)) => {
+                let filled = events.len();
+                for (id, payload) in events {
+                    delivered += deliver_in_order(entry, Some(id), &payload);
+                }
+                if filled > 0 {
+                    tracing::info!(
+                        tenant = &**tenant,
+                        filled,
+                        "filled a delivery gap from history"
+                    );
+                }
+                entry.overflow
+            }
+            Ok(History::Empty) if last.is_none() => entry.overflow,
+            Ok(other) => {
+                tracing::warn!(
+                    tenant = &**tenant,
+                    reason = other.resync_reason(),
+                    "history cannot fill the gap"
+                );
+                true
+            }
+        };
+        if lost {
+            // Events may be missing and cannot be recovered: say so instead of pretending.
+            let message = ServerMessage::ResyncRequired {
+                reason: "events may have been missed (history lost or trimmed); refetch the license",
+            };
+            fan_out(entry, None, &Utf8Bytes::from(message.to_json()));
+            entry.last_id = None;
+        }
+        for (id, payload) in entry.pending.take().unwrap_or_default() {
+            delivered += deliver_in_order(entry, id, &payload);
+        }
+        entry.overflow = false;
         drop(shard);
         self.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        true
+    }
+
+    /// Closes every session with `reason`, spread evenly over `window` so that clients do not
+    /// all reconnect at once.
+    pub async fn close_gradually(&self, reason: CloseReason, window: Duration) {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                shard
+                    .values()
+                    .flat_map(|e| e.sessions.values().cloned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        const STEP: Duration = Duration::from_millis(100);
+        let steps = (window.as_millis() / STEP.as_millis()).max(1) as usize;
+        let per_step = outboxes.len().div_ceil(steps).max(1);
+        for (i, batch) in outboxes.chunks(per_step).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(STEP).await;
+            }
+            for outbox in batch {
+                outbox.close(reason);
+            }
+        }
+    }
+}
+
+impl EventSink for Hub {
+    fn deliver(&self, tenant: &str, id: Option<EventId>, payload: Utf8Bytes) {
+        let mut shard = self.shard(tenant);
+        let Some(entry) = shard.get_mut(tenant) else {
+            return;
+        };
+        if let Some(pending) = &mut entry.pending {
+            if pending.len() < PENDING_CAP {
+                pending.push((id, payload));
+            } else {
+                entry.overflow = true;
+            }
+            return;
+        }
+        let delivered = deliver_in_order(entry, id, &payload);
+        drop(shard);
+        self.deliveries.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    fn gap_begins(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for entry in shard.values_mut() {
+                entry.pending.get_or_insert_with(Vec::new);
+            }
+        }
+    }
+
+    fn gap_ends(&self) {
+        self.gap.notify_one();
     }
 }
 
@@ -356,23 +524,23 @@ mod tests {
     #[test]
     fn outbox_overflow_becomes_a_slow_consumer_close() {
         let outbox = Outbox::new(2);
-        assert!(outbox.push("a".into()));
-        assert!(outbox.push("b".into()));
-        assert!(!outbox.push("c".into()));
+        assert!(outbox.push(None, "a".into()));
+        assert!(outbox.push(None, "b".into()));
+        assert!(!outbox.push(None, "c".into()));
         assert!(matches!(
             outbox.next(),
             Next::Close(CloseReason::SlowConsumer)
         ));
-        assert!(!outbox.push("d".into()));
+        assert!(!outbox.push(None, "d".into()));
     }
 
     #[test]
     fn outbox_keeps_order_and_first_close_reason() {
         let outbox = Outbox::new(8);
-        outbox.push("a".into());
-        outbox.push("b".into());
-        assert!(matches!(outbox.next(), Next::Event(p) if p == "a"));
-        assert!(matches!(outbox.next(), Next::Event(p) if p == "b"));
+        outbox.push(None, "a".into());
+        outbox.push(None, "b".into());
+        assert!(matches!(outbox.next(), Next::Event(None, p) if p == "a"));
+        assert!(matches!(outbox.next(), Next::Event(None, p) if p == "b"));
         assert!(matches!(outbox.next(), Next::Empty));
         outbox.close(CloseReason::GoingAway);
         outbox.close(CloseReason::SlowConsumer);

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthError, Verifier, bearer_token};
 use crate::engine::{EngineError, EventSink, NodeStats, SharedEngine};
 use crate::license::rules::Rules;
-use crate::protocol::{BEARER_PREFIX, CloseReason, SUBPROTOCOL, rfc3339_millis};
+use crate::protocol::{BEARER_PREFIX, CloseReason, LAST_ID_PREFIX, SUBPROTOCOL, rfc3339_millis};
 use crate::worker::Validator;
 use hub::Hub;
 
@@ -50,8 +50,12 @@ pub struct Settings {
     pub session_queue_len: usize,
     /// Delay before unsubscribing an idle tenant.
     pub unsubscribe_delay: Duration,
-    /// Longest wait for sessions to close at shutdown.
+    /// Longest wait for sessions to close at shutdown, after the drain window.
     pub shutdown_timeout: Duration,
+    /// On SIGTERM: how long readiness is off before sessions are closed (balancer notices).
+    pub drain_delay: Duration,
+    /// On SIGTERM: the window over which sessions are closed, spread evenly.
+    pub drain_window: Duration,
     /// Run the validator loop in-process (embedded engine), with this full-pass interval.
     pub embedded_validator: Option<Duration>,
 }
@@ -172,21 +176,24 @@ pub fn router(state: AppState) -> Router {
 struct WsQuery {
     token: Option<String>,
     #[serde(rename = "lastEventId")]
-    #[allow(dead_code)] // resume lands with the delivery guarantees
     last_event_id: Option<String>,
 }
 
-/// The token a client presented: subprotocol `bearer.<JWT>` first (the browser carrier), then
-/// `Authorization: Bearer`, then `?token=` (the seed's form).
-fn presented_token<'a>(headers: &'a HeaderMap, query: &'a WsQuery) -> Option<&'a str> {
-    let from_protocol = headers
+/// The value of the first subprotocol entry with `prefix`.
+fn protocol_entry<'a>(headers: &'a HeaderMap, prefix: &str) -> Option<&'a str> {
+    headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .find_map(|p| p.strip_prefix(BEARER_PREFIX));
-    from_protocol
+        .find_map(|p| p.strip_prefix(prefix))
+}
+
+/// The token a client presented: subprotocol `bearer.<JWT>` first (the browser carrier), then
+/// `Authorization: Bearer`, then `?token=` (the seed's form).
+fn presented_token<'a>(headers: &'a HeaderMap, query: &'a WsQuery) -> Option<&'a str> {
+    protocol_entry(headers, BEARER_PREFIX)
         .or_else(|| bearer_token(headers))
         .or(query.token.as_deref())
         .filter(|t| !t.is_empty())
@@ -221,10 +228,14 @@ async fn ws_handler(
         Some(token) => state.verifier.verify_tenant(token),
         None => Err(AuthError::Missing),
     };
+    let last_event_id = protocol_entry(&headers, LAST_ID_PREFIX)
+        .map(str::to_owned)
+        .or(query.last_event_id);
     let handshake = session::Handshake {
         auth,
         refuse,
         guard,
+        last_event_id,
     };
     let frame = state.settings.max_frame_bytes;
     let sessions = state.sessions.clone();
@@ -269,6 +280,9 @@ pub async fn run(
         .start(sink, state.background_stop.clone(), &state.background)
         .await?;
     spawn_registry(&state);
+    state
+        .background
+        .spawn(state.hub.clone().fill_gaps(state.background_stop.clone()));
     if let Some(interval) = state.settings.embedded_validator {
         let validator = state.validator.clone();
         let stop = state.background_stop.clone();
@@ -278,17 +292,26 @@ pub async fn run(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, node = %state.settings.node_id, engine = state.engine.name(), "gateway listening");
     let app = router(state.clone());
-    let stop_accepting = shutdown.clone();
+    let stop_accepting = CancellationToken::new();
     let server = tokio::spawn(
         axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
             .into_future(),
     );
 
     shutdown.cancelled().await;
-    tracing::info!("shutting down: readiness off, closing sessions with 1001");
+    // Drain: readiness off first; keep serving while the balancer notices; then stop accepting
+    // and close sessions with 1001 spread over the window, so clients reconnect elsewhere
+    // gradually instead of all at once.
+    let (delay, window) = (state.settings.drain_delay, state.settings.drain_window);
+    tracing::info!(?delay, ?window, "draining: readiness off");
     state.draining.store(true, Ordering::Relaxed);
-    state.hub.close_all(CloseReason::GoingAway);
+    tokio::time::sleep(delay).await;
+    stop_accepting.cancel();
+    state
+        .hub
+        .close_gradually(CloseReason::GoingAway, window)
+        .await;
     state.sessions.close();
     let timeout = state.settings.shutdown_timeout;
     if tokio::time::timeout(timeout, state.sessions.wait())

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use super::AppState;
 use super::hub::{Membership, Next};
 use crate::auth::{AuthError, Claims};
-use crate::protocol::{ClientMessage, CloseReason, ServerMessage, now_ms};
+use crate::engine::History;
+use crate::protocol::{ClientMessage, CloseReason, EventId, ServerMessage, now_ms};
 
 /// How long the server waits for the client's close frame after sending its own.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -27,6 +28,8 @@ pub struct Handshake {
     pub refuse: Option<CloseReason>,
     /// Decrements the node's connection count when the session ends.
     pub guard: super::ConnectionGuard,
+    /// Resume position the client asked for (`lastEventId`), unparsed.
+    pub last_event_id: Option<String>,
 }
 
 /// Runs a session to its end.
@@ -60,8 +63,10 @@ pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
             state: &state,
             membership: &membership,
             expires_at: claims.expires_at,
+            last_sent: None,
         };
-        tracing::Instrument::instrument(session.serve(&connection_id), span.clone()).await
+        let resume = handshake.last_event_id.as_deref();
+        tracing::Instrument::instrument(session.serve(&connection_id, resume), span.clone()).await
     };
     state.hub.leave(&membership);
     if let Some(reason) = reason {
@@ -78,11 +83,13 @@ struct Session<'a> {
     membership: &'a Membership,
     /// Token `exp`, Unix seconds.
     expires_at: u64,
+    /// Newest event id sent: live events not newer than it were already replayed.
+    last_sent: Option<EventId>,
 }
 
 impl Session<'_> {
     /// Serves until the connection must close; `Some(reason)` when the server closes it.
-    async fn serve(mut self, connection_id: &str) -> Option<CloseReason> {
+    async fn serve(mut self, connection_id: &str, resume: Option<&str>) -> Option<CloseReason> {
         let connected = ServerMessage::Connected {
             tenant_id: self.membership.tenant(),
             connection_id,
@@ -92,6 +99,13 @@ impl Session<'_> {
             return None;
         }
         tracing::debug!("session connected");
+        // The subscription is in place and the outbox is collecting live events, so replaying
+        // the history now leaves no gap; `last_sent` drops what both paths carry.
+        if let Some(resume) = resume
+            && !self.replay(resume).await
+        {
+            return None;
+        }
 
         let ping_every = self.state.settings.ping_interval;
         let mut last_heard = Instant::now();
@@ -106,9 +120,13 @@ impl Session<'_> {
                 biased;
                 _ = outbox.notified() => loop {
                     match outbox.next() {
-                        Next::Event(payload) => {
+                        Next::Event(Some(id), _) if self.last_sent.is_some_and(|last| id <= last) => {}
+                        Next::Event(id, payload) => {
                             if !self.send(Message::Text(payload)).await {
                                 return None;
+                            }
+                            if id.is_some() {
+                                self.last_sent = id;
                             }
                         }
                         Next::Close(reason) => return Some(reason),
@@ -159,6 +177,46 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Sends the events after `resume` from the history, or `resync_required` when that is not
+    /// possible. False when the socket failed.
+    async fn replay(&mut self, resume: &str) -> bool {
+        let tenant = self.membership.tenant();
+        let after: EventId = match resume.parse() {
+            Ok(id) => id,
+            Err(_) => return self.resync("lastEventId is malformed").await,
+        };
+        let history = match self.state.engine.history_after(tenant, Some(after)).await {
+            Ok(history) => history,
+            Err(error) => {
+                tracing::warn!(%error, "history unavailable for resume");
+                return self.resync("history is unavailable").await;
+            }
+        };
+        match history {
+            History::After(events) => {
+                tracing::debug!(after = %after, replayed = events.len(), "resuming");
+                self.last_sent = Some(after);
+                for (id, payload) in events {
+                    if !self.send(Message::Text(payload)).await {
+                        return false;
+                    }
+                    self.last_sent = Some(id);
+                }
+                true
+            }
+            other => {
+                self.resync(other.resync_reason().unwrap_or("cannot resume"))
+                    .await
+            }
+        }
+    }
+
+    async fn resync(&mut self, reason: &str) -> bool {
+        tracing::debug!(reason, "resync required");
+        let message = ServerMessage::ResyncRequired { reason }.to_json();
+        self.send(Message::Text(message.into())).await
     }
 
     /// When the token stops being valid on this connection: `exp` plus the leeway.
