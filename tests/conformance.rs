@@ -32,6 +32,7 @@ both_engines!(
     event_ids_increase_strictly_per_tenant,
     slow_consumer_is_closed_and_others_keep_up,
     sigterm_closes_sessions_with_1001_and_exits,
+    resume_replays_after_last_event_id_or_asks_for_resync,
 );
 
 // --- the seed's eight tests -------------------------------------------------------------------
@@ -715,4 +716,128 @@ async fn sigterm_closes_sessions_with_1001_and_exits(backend: Backend) {
         http(port, "GET", "/healthz", None, None).await.is_err(),
         "no longer listening"
     );
+}
+
+// --- resume ---------------------------------------------------------------------------------
+
+/// Connects with `lastEventId` via the query (`query`) or the `last.<id>` subprotocol entry.
+async fn resume_from(url: &str, token: &str, last: &str, query: bool) -> WsClient {
+    let (url, extra) = if query {
+        (format!("{url}?lastEventId={last}"), None)
+    } else {
+        (
+            url.to_owned(),
+            Some(format!("license.v1, bearer.{token}, last.{last}")),
+        )
+    };
+    let headers: Vec<(&'static str, &str)> = extra
+        .as_deref()
+        .map(|p| vec![("Sec-WebSocket-Protocol", p)])
+        .unwrap_or_default();
+    let carrier = if query {
+        Carrier::Header
+    } else {
+        Carrier::Query
+    };
+    let token_arg = if query { Some(token) } else { None };
+    let mut client = try_ws_connect(&url, token_arg, carrier, &headers)
+        .await
+        .expect("upgrade");
+    assert_eq!(client.next_json().await["type"], "connected");
+    client
+}
+
+async fn resume_replays_after_last_event_id_or_asks_for_resync(backend: Backend) {
+    let d = Deployment::start(backend, &[("HISTORY_SIZE", "10")]).await;
+    let token = tenant_token("acme");
+    let publish_n = |n: usize, from: usize| {
+        let port = d.port();
+        async move {
+            let mut ids = Vec::new();
+            for i in from..from + n {
+                let e = publish(
+                    port,
+                    "acme",
+                    "license_updated",
+                    json!({"changes": ["plan"], "i": i}),
+                )
+                .await;
+                ids.push(e["id"].as_str().unwrap().to_owned());
+            }
+            ids
+        }
+    };
+
+    // Empty history.
+    let mut client = resume_from(&d.ws_url(), &token, "1-0", false).await;
+    let resync = client.next_json().await;
+    assert_eq!(
+        resync,
+        json!({"type": "resync_required", "reason": "history is empty"})
+    );
+
+    let first = publish_n(5, 0).await;
+    for query in [false, true] {
+        let mut client = resume_from(&d.ws_url(), &token, &first[1], query).await;
+        for id in &first[2..] {
+            assert_eq!(
+                client.next_json().await["id"],
+                id.as_str(),
+                "replayed in order (query: {query})"
+            );
+        }
+        client.expect_silence(Duration::from_millis(200)).await;
+    }
+    // Replay then live: nothing twice across the switch, nothing missed.
+    let mut client = resume_from(&d.ws_url(), &token, &first[0], false).await;
+    let live = publish_n(3, 5).await;
+    let expected: Vec<&String> = first[1..].iter().chain(&live).collect();
+    for id in expected {
+        assert_eq!(client.next_json().await["id"], id.as_str());
+    }
+    client.expect_silence(Duration::from_millis(300)).await;
+
+    // Resume from the newest: nothing replayed, live follows.
+    let mut client = resume_from(&d.ws_url(), &token, live.last().unwrap(), false).await;
+    client.expect_silence(Duration::from_millis(200)).await;
+    let next = publish_n(1, 8).await;
+    assert_eq!(client.next_json().await["id"], next[0].as_str());
+
+    // Far beyond HISTORY_SIZE (Redis trims whole stream nodes, so publish plenty): the first id
+    // is gone.
+    let batch = publish_n(250, 9).await;
+    // An id between two retained events (different milliseconds) that is not itself an event.
+    let between = batch[240..]
+        .windows(2)
+        .map(|w| (id_key(&w[0]), id_key(&w[1])))
+        .find(|(a, b)| b.0 > a.0)
+        .map(|(a, _)| format!("{}-{}", a.0, a.1 + 1))
+        .expect("two retained events in different milliseconds");
+    // (Each case publishes one more event, so the case that needs the window goes first.)
+    let cases = [
+        (between, "lastEventId is not in the history"),
+        (
+            first[0].clone(),
+            "lastEventId is older than the oldest retained event",
+        ),
+        (
+            "99999999999999-0".to_owned(),
+            "lastEventId is newer than the newest event",
+        ),
+        ("not-an-id".to_owned(), "lastEventId is malformed"),
+    ];
+    for (last, reason) in cases {
+        let mut client = resume_from(&d.ws_url(), &token, &last, false).await;
+        assert_eq!(
+            client.next_json().await,
+            json!({"type": "resync_required", "reason": reason}),
+            "{last}"
+        );
+        let live = publish_n(1, 1000).await;
+        assert_eq!(
+            client.next_json().await["id"],
+            live[0].as_str(),
+            "live events follow a resync"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command (README): installs what the tests need when it is missing, then runs
-# every test. Tests start their own redis-server processes on free loopback ports; nothing
+# The one test command (README): installs what the tests need when it is missing (redis-server,
+# nginx, openssl), then runs every test. Tests start their own redis-server processes on free loopback ports; nothing
 # needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -137,9 +137,13 @@ const PENDING_CAP: usize = 100_000;
 
 struct TenantEntry {
     sessions: HashMap<u64, Arc<Outbox>>,
-    /// Newest event id handed to this tenant's sessions (or the history's newest when the
-    /// subscription started): where a gap fill resumes, and below which events are duplicates.
+    /// Newest event id handed to this tenant's sessions: where a gap fill resumes, and at or
+    /// below which events are duplicates.
     last_id: Option<EventId>,
+    /// The history's newest id when the subscription started: where a gap fill resumes while
+    /// nothing has been delivered yet. Never a duplicate line — an event published before it
+    /// may still be on its way over pub/sub.
+    baseline: Option<EventId>,
     /// While a gap is being filled: live events held back (`overflow` when too many).
     pending: Option<Vec<Item>>,
     overflow: bool,
@@ -218,6 +222,7 @@ impl Hub {
                     let entry = shard.entry(k.clone()).or_insert_with(|| TenantEntry {
                         sessions: HashMap::new(),
                         last_id: None,
+                        baseline: None,
                         pending: None,
                         overflow: false,
                         subscribed: Arc::new(tokio::sync::Mutex::new(false)),
@@ -247,7 +252,7 @@ impl Hub {
                 }
             };
             if let Some(entry) = self.shard(tenant).get_mut(tenant) {
-                entry.last_id = entry.last_id.max(baseline);
+                entry.baseline = baseline;
             }
             *is_subscribed = true;
             tracing::debug!(tenant, "subscribed tenant channel");
@@ -401,7 +406,7 @@ impl Hub {
     /// One tenant's gap fill; false when the history could not be read (still held).
     async fn fill(&self, tenant: &Arc<str>) -> bool {
         let last = match self.shard(tenant).get(tenant) {
-            Some(entry) => entry.last_id,
+            Some(entry) => entry.last_id.or(entry.baseline),
             None => return true,
         };
         let history = self.engine.history_after(tenant, last).await;
@@ -417,6 +422,7 @@ impl Hub {
             }
             Ok(History::After(events)) => {
                 let filled = events.len();
+                entry.last_id = entry.last_id.max(last);
                 for (id, payload) in events {
                     delivered += deliver_in_order(entry, Some(id), &payload);
                 }

@@ -61,30 +61,51 @@ fn kill(child: &mut Child, signal: &str) {
         .status();
 }
 
-/// A real `redis-server` without persistence on a free loopback port.
+/// A real `redis-server` on a free loopback port; without persistence unless started with AOF.
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    aof: bool,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With an append-only file fsynced on every write: a restart keeps the history.
+    pub fn start_with_aof() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Self {
         let dir = TempDir::new("lgw-redis");
         let port = free_port();
         let mut redis = Self {
             child: None,
             port,
             dir,
+            aof,
         };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
+        let aof = if self.aof { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                aof,
+                "--appendfsync",
+                "always",
+            ])
             .args(["--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.dir.0)
@@ -142,6 +163,209 @@ impl Drop for Redis {
     }
 }
 
+/// nginx from Debian in front of gateway nodes: round robin, WebSocket upgrade, no stickiness.
+pub struct Nginx {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Nginx {
+    pub async fn start(upstreams: &[u16]) -> Self {
+        let dir = TempDir::new("lgw-nginx");
+        let port = free_port();
+        let d = dir.0.display();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("    server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
+            .collect();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream gateways {{\n{servers}  }}\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://gateways;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n\
+             proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 1h;\n\
+             proxy_connect_timeout 1s;\n      proxy_next_upstream error timeout http_502;\n    }}\n  }}\n}}\n"
+        );
+        let path = dir.0.join("nginx.conf");
+        std::fs::write(&path, conf).expect("nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-e")
+            .arg(dir.0.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx must be installed (the README's test command installs it)");
+        let nginx = Self {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                nginx.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nginx
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws/license", self.port)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child, "-QUIT");
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a [`follow`]ing client saw.
+#[derive(Debug, Default, Clone)]
+pub struct Followed {
+    /// Event ids in arrival order.
+    pub ids: Vec<String>,
+    /// `resync_required` messages received.
+    pub resyncs: usize,
+    /// Connections made (1 + reconnects).
+    pub connections: usize,
+    /// Nodes that served it.
+    pub nodes: std::collections::BTreeSet<String>,
+}
+
+/// The id a [`follow`]ing client waits for (the last event published), once known.
+#[derive(Clone, Default)]
+pub struct Target(std::sync::Arc<std::sync::Mutex<Option<(u64, u64)>>>);
+
+impl Target {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the last id; `None` when nothing was published.
+    pub fn set(&self, last: Option<&String>) {
+        *self.0.lock().unwrap() = Some(last.map(|id| id_key(id)).unwrap_or((0, 0)));
+    }
+
+    fn reached(&self, seen: &Followed) -> bool {
+        match *self.0.lock().unwrap() {
+            None => false,
+            Some(last) => seen.ids.last().is_some_and(|id| id_key(id) >= last) || last == (0, 0),
+        }
+    }
+}
+
+/// A client that stays subscribed through failures: it connects to `urls` in turn, resumes
+/// with `last.<id>` after every disconnect, and stops once it holds the `target` id (ids are
+/// ordered: everything before it was delivered too, or the checks will say otherwise) or
+/// `give_up` passes.
+pub async fn follow(
+    urls: Vec<String>,
+    token: String,
+    target: Target,
+    give_up: Duration,
+) -> Followed {
+    follow_hopping(urls, token, target, give_up, None).await
+}
+
+/// [`follow`], also disconnecting on purpose every `hop` to resume on the next URL.
+pub async fn follow_hopping(
+    urls: Vec<String>,
+    token: String,
+    target: Target,
+    give_up: Duration,
+    hop: Option<Duration>,
+) -> Followed {
+    let mut seen = Followed::default();
+    let deadline = Instant::now() + give_up;
+    let mut attempt = 0usize;
+    let done = |seen: &Followed| target.reached(seen);
+    while !done(&seen) && Instant::now() < deadline {
+        let url = &urls[attempt % urls.len()];
+        attempt += 1;
+        let mut request = match url.as_str().into_client_request() {
+            Ok(r) => r,
+            Err(_) => break,
+        };
+        let mut protocols = format!("license.v1, bearer.{token}");
+        if let Some(last) = seen.ids.last() {
+            protocols.push_str(&format!(", last.{last}"));
+        }
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(&protocols).unwrap(),
+        );
+        let connected = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await;
+        let Ok(Ok((ws, _))) = connected else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        seen.connections += 1;
+        let mut client = WsClient { ws, protocol: None };
+        let hop_at = hop.map(|h| Instant::now() + h);
+        loop {
+            if done(&seen) || hop_at.is_some_and(|t| Instant::now() >= t) {
+                break;
+            }
+            match client.read(Duration::from_millis(500)).await {
+                None => {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                }
+                Some(Read::Text(text)) => {
+                    let message: Value = serde_json::from_str(&text).expect("JSON");
+                    match message["type"].as_str() {
+                        Some("connected") => {
+                            seen.nodes
+                                .insert(message["node"].as_str().unwrap_or_default().to_owned());
+                        }
+                        Some("resync_required") => seen.resyncs += 1,
+                        _ => seen
+                            .ids
+                            .push(message["id"].as_str().unwrap_or_default().to_owned()),
+                    }
+                }
+                Some(Read::Close(_) | Read::Ended) => break,
+            }
+        }
+        let _ = client.ws.close(None).await;
+    }
+    seen
+}
+
+/// Parses `<ms>-<seq>` for ordering checks.
+pub fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("event id");
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
 /// Path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_license-gateway")
@@ -163,6 +387,8 @@ pub struct GatewayOptions {
     pub redis_url: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Listen on this port instead of a free one (to restart a node where a balancer expects it).
+    pub port: Option<u16>,
 }
 
 impl GatewayOptions {
@@ -174,6 +400,7 @@ impl GatewayOptions {
         Self {
             redis_url: Some(redis.url()),
             env: Vec::new(),
+            port: None,
         }
     }
 
@@ -206,7 +433,7 @@ impl Gateway {
     /// Starts the binary with `args` and the test environment.
     pub fn spawn_args(args: &[&str], options: GatewayOptions) -> Self {
         let dir = TempDir::new("lgw-node");
-        let port = free_port();
+        let port = options.port.unwrap_or_else(free_port);
         let node_id = format!("node-{port}");
         let log = dir.0.join("gateway.log");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -271,6 +498,13 @@ impl Gateway {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            kill(child, "-TERM");
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.

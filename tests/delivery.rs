@@ -1,0 +1,539 @@
+//! Delivery guarantees against real Redis, real gateway processes and a real nginx: resume on
+//! another node under load, Redis restarts, a node killed behind a round-robin balancer, slow
+//! consumers, graceful drain, and a chaos run mixing these faults.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Publishes through the API of the first node in `ports` that accepts (201); returns the id,
+/// or `None` when no node accepted (the event was not published).
+async fn publish_somewhere(ports: &[u16], tenant: &str, i: usize) -> Option<String> {
+    let body =
+        json!({"type": "license_updated", "data": {"changes": ["plan"], "i": i}}).to_string();
+    let path = format!("/api/admin/tenants/{tenant}/events");
+    for port in ports {
+        if let Ok((201, text)) = http(*port, "POST", &path, Some(&admin_token()), Some(&body)).await
+        {
+            let envelope: serde_json::Value = serde_json::from_str(&text).ok()?;
+            return envelope["id"].as_str().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// Publishes at about `rate` per second for `duration`; returns the accepted ids in order.
+async fn publish_for(ports: Vec<u16>, tenant: &str, rate: u32, duration: Duration) -> Vec<String> {
+    let mut ids = Vec::new();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let mut i = 0;
+    while start.elapsed() < duration {
+        tick.tick().await;
+        if let Some(id) = publish_somewhere(&ports, tenant, i).await {
+            ids.push(id);
+        }
+        i += 1;
+    }
+    ids
+}
+
+/// Every follower holds exactly `published`, in order; prints delivered / lost / duplicated.
+fn check_exactly_once(label: &str, published: &[String], followers: &[Followed]) {
+    check_delivery(label, published, followers, false)
+}
+
+/// Like [`check_exactly_once`], but tolerates events whose publish succeeded without the
+/// publisher hearing so (its node died mid-request): every client must still hold every
+/// acknowledged event once, in order, and all clients the same sequence.
+fn check_delivery(
+    label: &str,
+    published: &[String],
+    followers: &[Followed],
+    allow_unacknowledged: bool,
+) {
+    let expected: HashSet<&String> = published.iter().collect();
+    let (mut delivered, mut lost, mut duplicated, mut reordered) = (0, 0, 0, 0);
+    for (n, f) in followers.iter().enumerate() {
+        let unique: HashSet<&String> = f.ids.iter().collect();
+        delivered += f.ids.len();
+        duplicated += f.ids.len() - unique.len();
+        let missing: Vec<&&String> = expected.difference(&unique).collect();
+        for id in &missing {
+            let pos = published.iter().position(|p| p == **id).unwrap_or(0);
+            let got_before = f.ids.iter().position(|x| id_key(x) > id_key(id));
+            println!(
+                "{label}: client {n} lost {id} (#{pos} published; next received at {got_before:?}; {} connections, nodes {:?})",
+                f.connections, f.nodes
+            );
+        }
+        lost += missing.len();
+        reordered += f
+            .ids
+            .windows(2)
+            .filter(|w| id_key(&w[0]) >= id_key(&w[1]))
+            .count();
+    }
+    let resyncs: usize = followers.iter().map(|f| f.resyncs).sum();
+    let reconnects: usize = followers
+        .iter()
+        .map(|f| f.connections.saturating_sub(1))
+        .sum();
+    println!(
+        "{label}: published {} to {} clients: delivered {delivered}, lost {lost}, duplicated {duplicated}, \
+         out of order {reordered}, resyncs {resyncs}, reconnects {reconnects}",
+        published.len(),
+        followers.len()
+    );
+    assert_eq!((lost, duplicated, reordered), (0, 0, 0), "{label}");
+    if allow_unacknowledged {
+        // Up to the last acknowledged event (later ones may still be on their way).
+        let last = published.last().map(|id| id_key(id)).unwrap_or((0, 0));
+        let upto = |f: &Followed| -> Vec<String> {
+            f.ids
+                .iter()
+                .filter(|id| id_key(id) <= last)
+                .cloned()
+                .collect()
+        };
+        let reference = upto(&followers[0]);
+        let extra = reference.len() - published.len();
+        println!(
+            "{label}: {extra} event(s) published without the publisher's acknowledgement (node died mid-request)"
+        );
+        for f in followers {
+            assert_eq!(
+                upto(f),
+                reference,
+                "{label}: all clients hold the same sequence"
+            );
+        }
+    } else {
+        for f in followers {
+            assert_eq!(f.ids, published, "{label}: a client's sequence");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_the_other_node_while_200_events_per_second_flow() {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let target = Target::new();
+    let follower = tokio::spawn(follow_hopping(
+        vec![a.ws_url(), b.ws_url()],
+        tenant_token("acme"),
+        target.clone(),
+        Duration::from_secs(40),
+        Some(Duration::from_millis(700)),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let published = publish_for(vec![b.port, a.port], "acme", 200, Duration::from_secs(4)).await;
+    target.set(published.last());
+    let seen = follower.await.unwrap();
+    assert!(published.len() > 400, "published {}", published.len());
+    assert!(
+        seen.connections >= 4,
+        "reconnected {} times",
+        seen.connections
+    );
+    assert_eq!(seen.nodes.len(), 2, "served by both nodes");
+    assert_eq!(seen.resyncs, 0);
+    check_exactly_once("resume across nodes", &published, &[seen]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_50_clients_loses_nothing() {
+    let mut redis = Redis::start_with_aof();
+    let node = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let targets: Vec<Target> = (0..5).map(|_| Target::new()).collect();
+    let followers: Vec<_> = (0..50)
+        .map(|i| {
+            tokio::spawn(follow(
+                vec![node.ws_url()],
+                tenant_token(&format!("t{}", i % 5)),
+                targets[i % 5].clone(),
+                Duration::from_secs(60),
+            ))
+        })
+        .collect();
+    eventually(WAIT, "50 clients connected", || async {
+        (admin_stats(node.port).await["totalConnections"] == 50).then_some(())
+    })
+    .await;
+    // Readiness observed throughout.
+    let watching = Arc::new(AtomicBool::new(true));
+    let port = node.port;
+    let statuses = tokio::spawn({
+        let watching = watching.clone();
+        async move {
+            let mut seen = Vec::new();
+            while watching.load(Ordering::Relaxed) {
+                if let Ok((status, _)) = http(port, "GET", "/readyz", None, None).await
+                    && seen.last() != Some(&status)
+                {
+                    seen.push(status);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        }
+    });
+
+    let mut published: Vec<Vec<String>> = vec![Vec::new(); 5];
+    for i in 0..20 {
+        let t = i % 5;
+        published[t].push(
+            publish_somewhere(&[node.port], &format!("t{t}"), i)
+                .await
+                .unwrap(),
+        );
+    }
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart();
+    // Straight after the restart, before the node has resubscribed: these reach the history
+    // only, and the node must fill them in from there.
+    for i in 20..30 {
+        let t = i % 5;
+        let (status, stdout, stderr) = run_cli(
+            &[
+                "publish",
+                "--tenant",
+                &format!("t{t}"),
+                "--type",
+                "license_updated",
+                "--data",
+                r#"{"changes":["plan"]}"#,
+            ],
+            &[("REDIS_URL", &redis.url())],
+        );
+        assert!(status.success(), "{stderr}");
+        published[t].push(stdout.trim().to_owned());
+    }
+    node.wait_ready().await;
+    for i in 30..50 {
+        let t = i % 5;
+        published[t].push(
+            publish_somewhere(&[node.port], &format!("t{t}"), i)
+                .await
+                .unwrap(),
+        );
+    }
+    for (target, ids) in targets.iter().zip(&published) {
+        target.set(ids.last());
+    }
+    let mut results = Vec::new();
+    for f in followers {
+        results.push(f.await.unwrap());
+    }
+    watching.store(false, Ordering::Relaxed);
+    let statuses = statuses.await.unwrap();
+    assert_eq!(
+        statuses,
+        vec![200, 503, 200],
+        "readiness through the restart"
+    );
+    for f in &results {
+        assert_eq!(
+            f.connections, 1,
+            "connections stay open through the restart"
+        );
+        assert_eq!(f.resyncs, 0);
+    }
+    for (t, ids) in published.iter().enumerate() {
+        let of_tenant: Vec<Followed> = results.iter().skip(t).step_by(5).cloned().collect();
+        check_exactly_once(&format!("redis restart, tenant t{t}"), ids, &of_tenant);
+    }
+    assert!(
+        node.log().contains("filled a delivery gap from history"),
+        "the gap was filled from history"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_behind_round_robin_nginx_loses_nothing() {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let mut c = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let nginx = Nginx::start(&[a.port, b.port, c.port]).await;
+    let target = Target::new();
+    let followers: Vec<_> = (0..60)
+        .map(|_| {
+            tokio::spawn(follow(
+                vec![nginx.ws_url()],
+                tenant_token("acme"),
+                target.clone(),
+                Duration::from_secs(60),
+            ))
+        })
+        .collect();
+    let per_node = eventually(WAIT, "60 clients connected", || async {
+        let s = admin_stats(a.port).await;
+        (s["totalConnections"] == 60).then_some(s["nodes"].clone())
+    })
+    .await;
+    let busy = per_node
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["connections"].as_u64() > Some(0))
+        .count();
+    assert!(busy >= 2, "round robin spread the clients: {per_node}");
+
+    let publisher = tokio::spawn(publish_for(
+        vec![a.port, b.port],
+        "acme",
+        100,
+        Duration::from_secs(4),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.kill();
+    let published = publisher.await.unwrap();
+    target.set(published.last());
+    let mut results = Vec::new();
+    for f in followers {
+        results.push(f.await.unwrap());
+    }
+    let moved = results.iter().filter(|f| f.connections > 1).count();
+    println!("{moved} clients reconnected after the node was killed");
+    assert!(moved > 0, "some clients were on the killed node");
+    check_exactly_once("node killed behind nginx", &published, &results);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_events() {
+    let redis = Redis::start();
+    let node = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let token = tenant_token("acme");
+    let target = Target::new();
+    let healthy = tokio::spawn(follow(
+        vec![node.ws_url()],
+        token.clone(),
+        target.clone(),
+        Duration::from_secs(120),
+    ));
+    // The stalled client: a tiny receive buffer, and it reads nothing until the end.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(([127, 0, 0, 1], node.port).into())
+        .await
+        .unwrap();
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async(format!("{}?token={token}", node.ws_url()), stream)
+            .await
+            .unwrap();
+    eventually(WAIT, "both connected", || async {
+        (admin_stats(node.port).await["totalConnections"] == 2).then_some(())
+    })
+    .await;
+
+    let pad = "x".repeat(900);
+    let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..4)
+        .map(|_| {
+            let (published, next, pad, port) =
+                (published.clone(), next.clone(), pad.clone(), node.port);
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= 10_000 {
+                        break;
+                    }
+                    let e = publish(
+                        port,
+                        "acme",
+                        "license_updated",
+                        json!({"changes": ["plan"], "i": i, "pad": pad}),
+                    )
+                    .await;
+                    published
+                        .lock()
+                        .unwrap()
+                        .push(e["id"].as_str().unwrap().to_owned());
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let mut published = published.lock().unwrap().clone();
+    published.sort_by_key(|id| id_key(id));
+    target.set(published.last());
+    let seen = healthy.await.unwrap();
+    check_exactly_once("10,000 events beside a stalled client", &published, &[seen]);
+
+    use futures_util::StreamExt;
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(message)) = stalled.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Close(frame) = message {
+                return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the stalled client was closed");
+    assert_eq!(close, Some((1013, "slow consumer".to_owned())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_turns_readiness_off_first_and_spreads_closes() {
+    let redis = Redis::start();
+    let options = GatewayOptions::redis(&redis)
+        .env("DRAIN_DELAY_SECS", "2")
+        .env("DRAIN_WINDOW_SECS", "2");
+    let mut node = Gateway::start(options).await;
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(
+            WsClient::connected(&node.ws_url(), &tenant_token("acme"))
+                .await
+                .0,
+        );
+    }
+    let started = Instant::now();
+    node.sigterm();
+    eventually(
+        Duration::from_millis(800),
+        "readiness off at once",
+        || async {
+            matches!(
+                http(node.port, "GET", "/readyz", None, None).await,
+                Ok((503, _))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    // During the delay the node still serves its sessions and its API...
+    let sent = publish(
+        node.port,
+        "acme",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    // ...but sends new connections elsewhere at once.
+    let mut late = ws_connect(
+        &node.ws_url(),
+        Some(&tenant_token("acme")),
+        Carrier::Subprotocol,
+    )
+    .await;
+    late.expect_close(1001, "going away").await;
+
+    // Each client on its own task, so every close is timed when it arrives.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                assert_eq!(client.next_json().await, sent);
+                client.expect_close(1001, "going away").await;
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut closed_at = Vec::new();
+    for reader in readers {
+        closed_at.push(reader.await.unwrap());
+    }
+    closed_at.sort();
+    let (first, last) = (closed_at[0], closed_at[closed_at.len() - 1]);
+    println!("closes from {first:?} to {last:?} after SIGTERM");
+    assert!(
+        first >= Duration::from_millis(1900),
+        "no close before the drain delay: {first:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(1200),
+        "closes spread over the window: {first:?}..{last:?}"
+    );
+    assert!(node.terminate(Duration::from_secs(15)).await.success());
+}
+
+/// Faults for a bounded time — node crashes and restarts, Redis restarts (AOF), voluntary
+/// reconnects — while events flow; every accepted event must reach every client exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_run_delivers_every_accepted_event_exactly_once() {
+    let mut redis = Redis::start_with_aof();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let start_node = |port: u16, redis: &Redis| {
+        let options = GatewayOptions {
+            port: Some(port),
+            ..GatewayOptions::redis(redis)
+        };
+        Gateway::spawn(options)
+    };
+    let mut nodes: Vec<Gateway> = ports.iter().map(|p| start_node(*p, &redis)).collect();
+    for n in &nodes {
+        n.wait_ready().await;
+    }
+    let nginx = Nginx::start(&ports).await;
+    let target = Target::new();
+    let followers: Vec<_> = (0..30)
+        .map(|i| {
+            let hop = (i % 3 == 0).then_some(Duration::from_millis(1500));
+            tokio::spawn(follow_hopping(
+                vec![nginx.ws_url()],
+                tenant_token("acme"),
+                target.clone(),
+                Duration::from_secs(120),
+                hop,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let publisher = tokio::spawn(publish_for(
+        ports.clone(),
+        "acme",
+        50,
+        Duration::from_secs(16),
+    ));
+    let faults = [
+        "kill node 1",
+        "restart redis",
+        "kill node 2",
+        "kill node 0",
+        "restart redis",
+        "kill node 1",
+    ];
+    for fault in faults {
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        println!("chaos: {fault}");
+        match fault {
+            "restart redis" => {
+                redis.stop();
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                redis.restart();
+            }
+            _ => {
+                let i: usize = fault.rsplit(' ').next().unwrap().parse().unwrap();
+                nodes[i].kill();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                nodes[i] = start_node(ports[i], &redis);
+            }
+        }
+    }
+    let published = publisher.await.unwrap();
+    target.set(published.last());
+    let mut results = Vec::new();
+    for f in followers {
+        results.push(f.await.unwrap());
+    }
+    assert!(published.len() > 300, "published {}", published.len());
+    check_delivery("chaos", &published, &results, true);
+}
