@@ -221,6 +221,8 @@ fn print_demo_banner(auth: &AuthArgs, addr: Option<std::net::SocketAddr>) {
     let admin = signer.mint(None, true, day);
     println!(
         "\nlicense-gateway demo (embedded engine)\n\
+         \n  Open the demo page (tenant acme, with demo controls):\
+         \n    http://127.0.0.1:{port}/?token={acme}&admin={admin}\n\
          \n  WebSocket (tenant acme):   ws://127.0.0.1:{port}/ws/license?token={acme}\
          \n  WebSocket (tenant globex): ws://127.0.0.1:{port}/ws/license?token={globex}\
          \n  Admin token:               {admin}\

@@ -18,6 +18,7 @@
 //!   the `worker` command, in-process on the embedded engine, and by the admin API.
 //! - [`api`]: health, readiness, license and admin HTTP routes.
 //! - [`commands`]: what each subcommand does; `main.rs` only parses and dispatches.
+//! - [`web`]: the browser client (`/client.js`) and the demo page (`/`), embedded.
 //! - [`telemetry`], [`shutdown`]: logs, signals.
 
 pub mod api;
@@ -30,4 +31,5 @@ pub mod license;
 pub mod protocol;
 pub mod shutdown;
 pub mod telemetry;
+pub mod web;
 pub mod worker;

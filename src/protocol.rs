@@ -350,6 +350,10 @@ pub enum ServerMessage<'a> {
         connection_id: &'a str,
         /// The node serving it.
         node: &'a str,
+        /// Extension: the position this connection's event stream starts after (absent when
+        /// the tenant has no history yet). A client that has seen no event resumes from it.
+        #[serde(rename = "lastEventId", skip_serializing_if = "Option::is_none")]
+        last_event_id: Option<String>,
     },
     /// Reply to a client `ping`.
     Pong {

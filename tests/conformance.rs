@@ -777,6 +777,9 @@ async fn resume_replays_after_last_event_id_or_asks_for_resync(backend: Backend)
     );
 
     let first = publish_n(5, 0).await;
+    // A fresh connection is told where its stream starts, so it can resume before any event.
+    let (_fresh, hello) = WsClient::connected(&d.ws_url(), &token).await;
+    assert_eq!(hello["lastEventId"], first[4].as_str());
     for query in [false, true] {
         let mut client = resume_from(&d.ws_url(), &token, &first[1], query).await;
         for id in &first[2..] {

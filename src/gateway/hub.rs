@@ -337,6 +337,14 @@ impl Hub {
         out
     }
 
+    /// Where a new session of `tenant` starts: the newest event id handed to the tenant's
+    /// sessions, or the history's newest when the subscription started.
+    pub fn position(&self, tenant: &str) -> Option<EventId> {
+        self.shard(tenant)
+            .get(tenant)
+            .and_then(|e| e.last_id.or(e.baseline))
+    }
+
     /// Resolves after sessions joined or left.
     pub async fn changed(&self) {
         self.changed.notified().await

@@ -169,6 +169,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws/license", get(ws_handler))
         .merge(crate::api::routes())
+        .merge(crate::web::routes())
         .with_state(state)
 }
 

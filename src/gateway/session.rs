@@ -90,10 +90,17 @@ struct Session<'a> {
 impl Session<'_> {
     /// Serves until the connection must close; `Some(reason)` when the server closes it.
     async fn serve(mut self, connection_id: &str, resume: Option<&str>) -> Option<CloseReason> {
+        // A fresh session's stream starts after the tenant's current position: the client gets
+        // it in `connected`, so it can resume exactly even before its first event.
+        if resume.is_none() {
+            self.last_sent = self.state.hub.position(self.membership.tenant());
+        }
+        let position = self.last_sent.map(|id| id.to_string());
         let connected = ServerMessage::Connected {
             tenant_id: self.membership.tenant(),
             connection_id,
             node: &self.state.settings.node_id,
+            last_event_id: position,
         };
         if !self.send(Message::Text(connected.to_json().into())).await {
             return None;

@@ -640,21 +640,77 @@ pub async fn http(
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+    // Read the head, then exactly Content-Length bytes (some servers keep the connection open
+    // despite `Connection: close`); chunked or unsized bodies are read to the end.
+    let read = async {
+        let mut response = Vec::new();
+        let mut buf = [0u8; 8192];
+        let head_end = loop {
+            if let Some(i) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::other(
+                    "connection closed before the response head",
+                ));
+            }
+            response.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&response[..head_end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        match length {
+            Some(length) => {
+                while response.len() < head_end + length {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    response.extend_from_slice(&buf[..n]);
+                }
+            }
+            None => {
+                stream.read_to_end(&mut response).await?;
+            }
+        }
+        let chunked = head.contains("transfer-encoding: chunked");
+        Ok::<_, std::io::Error>((response, head_end, chunked))
+    };
+    let (response, head_end, chunked) = tokio::time::timeout(WAIT, read)
         .await
         .map_err(|_| std::io::Error::other("http timeout"))??;
-    let text = String::from_utf8_lossy(&response).into_owned();
+    let text = String::from_utf8_lossy(&response[..head_end]).into_owned();
     let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let raw = &response[head_end..];
+    let body = if chunked {
+        dechunk(raw)
+    } else {
+        String::from_utf8_lossy(raw).into_owned()
+    };
     Ok((status, body))
+}
+
+/// Decodes a chunked HTTP body.
+fn dechunk(mut raw: &[u8]) -> String {
+    let mut out = Vec::new();
+    while let Some(i) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&raw[..i]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = i + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Publishes through the admin API; panics unless 201. Returns the envelope.
@@ -929,4 +985,186 @@ impl Deployment {
     pub fn port(&self) -> u16 {
         self.gateway.port
     }
+}
+
+// --- a real browser over WebDriver ---------------------------------------------------------------
+
+/// Debian's Chromium driven through `chromedriver` (W3C WebDriver over loopback HTTP). No CDP
+/// crate: the protocol is a handful of JSON requests, sent with [`http`].
+pub struct Browser {
+    driver: Option<Child>,
+    port: u16,
+    session: String,
+    _profile: TempDir,
+}
+
+impl Browser {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver must be installed (the README's test command installs chromium-driver)");
+        let mut browser = Self {
+            driver: Some(driver),
+            port,
+            session: String::new(),
+            _profile: TempDir::new("lgw-chrome"),
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let profile = browser._profile.0.display().to_string();
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-quic", "--no-first-run", "--window-size=1200,800",
+                format!("--user-data-dir={profile}")]}}}});
+        let reply = browser
+            .request("POST", "/session", Some(capabilities))
+            .await;
+        browser.session = reply["sessionId"]
+            .as_str()
+            .expect("webdriver session")
+            .to_owned();
+        browser
+    }
+
+    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string());
+        let (status, text) = http(self.port, method, path, None, body.as_deref())
+            .await
+            .expect("webdriver request");
+        let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert_eq!(status, 200, "webdriver {method} {path}: {text}");
+        reply["value"].clone()
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.session)
+    }
+
+    /// Opens `url` in the current tab.
+    pub async fn goto(&self, url: &str) {
+        self.request(
+            "POST",
+            &self.path("/url"),
+            Some(serde_json::json!({"url": url})),
+        )
+        .await;
+    }
+
+    /// Runs JavaScript in the page (`return …` gives a value).
+    pub async fn eval(&self, script: &str) -> Value {
+        self.request(
+            "POST",
+            &self.path("/execute/sync"),
+            Some(serde_json::json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Polls a JavaScript expression until it is truthy (in JavaScript's sense); returns it.
+    pub async fn wait_for(&self, expression: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let value = self
+                .eval(&format!("const v = ({expression}); return v ? [v] : null;"))
+                .await;
+            if let Value::Array(mut found) = value {
+                return found.pop().unwrap_or(Value::Null);
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting in the browser for: {expression}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Opens a new tab and switches to it; returns its handle.
+    pub async fn new_tab(&self) -> String {
+        let reply = self
+            .request(
+                "POST",
+                &self.path("/window/new"),
+                Some(serde_json::json!({"type": "tab"})),
+            )
+            .await;
+        let handle = reply["handle"].as_str().expect("tab handle").to_owned();
+        self.switch_to(&handle).await;
+        handle
+    }
+
+    /// The current tab's handle.
+    pub async fn tab(&self) -> String {
+        self.request("GET", &self.path("/window"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub async fn switch_to(&self, handle: &str) {
+        self.request(
+            "POST",
+            &self.path("/window"),
+            Some(serde_json::json!({"handle": handle})),
+        )
+        .await;
+    }
+
+    /// A PNG screenshot of the current tab.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        let encoded = self.request("GET", &self.path("/screenshot"), None).await;
+        b64decode(encoded.as_str().expect("screenshot"))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(mut driver) = self.driver.take() {
+            // Deleting the session closes Chromium; the driver goes with it.
+            if !self.session.is_empty()
+                && let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port))
+            {
+                let _ = s.write_all(format!("DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", self.session).as_bytes());
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
+            }
+            let _ = driver.kill();
+            let _ = driver.wait();
+        }
+    }
+}
+
+/// Standard base64 (with or without padding).
+pub fn b64decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let digits: Vec<u32> = text.bytes().filter_map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, d)| acc | d << (18 - 6 * i));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    out
 }

@@ -1,0 +1,320 @@
+// license-gateway browser client: a plain ES module, no dependencies, no build step.
+//
+//   import { connect } from "/client.js";
+//   const client = connect({ url: "wss://gw.example.com/ws/license", getToken: () => fetchJwt() });
+//   client.on("module_deactivated", (event) => lockModule(event.data.module));
+//   client.on("notifications", (list) => renderToasts(list));
+//   client.on("license", (view) => renderLicense(view));
+//
+// The token travels in the WebSocket subprotocol list (never in the URL). The client reconnects
+// with exponential backoff and full jitter (1 s doubling to 30 s) and never gives up silently:
+// `client.state` is "connecting", "open", "reconnecting" or "offline", reported on "state". It
+// resumes with the last event id it saw, so a reconnect loses nothing, and refreshes its token
+// in-band (via `getToken`) before it expires. After `license_expired`, `module_deactivated`,
+// `license_updated` and `resync_required` it refetches `GET /api/license`.
+
+export const STATES = Object.freeze(["connecting", "open", "reconnecting", "offline"]);
+
+/** Event types after which the license view is refetched. */
+const REFETCH_AFTER = new Set(["license_expired", "module_deactivated", "license_updated"]);
+
+/** Close codes after which reconnecting with the same token is pointless. */
+const AUTH_FAILED = 1008;
+
+/** Human text for an event: names the metric of a usage event and the module of a module event. */
+export function describe(event) {
+  const d = event.data || {};
+  const mod = d.module ? `Module "${d.module}"` : "License";
+  switch (event.type) {
+    case "license_expiring":
+      return `${mod} expires in ${d.daysLeft} day${d.daysLeft === 1 ? "" : "s"}`;
+    case "license_expired":
+      return `${mod} expired`;
+    case "usage_limit_warning":
+      return `${d.metric}: ${d.percent}% of the limit used (${d.used} of ${d.limit})`;
+    case "usage_limit_exceeded":
+      return `${d.metric}: limit exceeded (${d.used} of ${d.limit})`;
+    case "module_activated":
+      return `Module "${d.module}" activated`;
+    case "module_deactivated":
+      return `Module "${d.module}" deactivated${d.reason === "expired" ? " (expired)" : ""}`;
+    case "license_updated":
+      return `License updated: ${(d.changes || []).join(", ")}`;
+    default:
+      return event.type;
+  }
+}
+
+/** Milliseconds-and-sequence ordering of event ids ("<ms>-<seq>"). */
+function newer(a, b) {
+  if (!b) return true;
+  const [am, as] = a.split("-").map(Number);
+  const [bm, bs] = b.split("-").map(Number);
+  return am > bm || (am === bm && as > bs);
+}
+
+/** The `exp` claim of a JWT in milliseconds, or null. */
+function expiryOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const exp = JSON.parse(atob(payload)).exp;
+    return typeof exp === "number" ? exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+export class LicenseClient {
+  /**
+   * @param {object} options
+   * @param {string} [options.url] WebSocket endpoint; default: this page's host, /ws/license.
+   * @param {string} [options.token] a JWT (when `getToken` is not given).
+   * @param {() => Promise<string>|string} [options.getToken] fresh JWT on demand (connect and refresh).
+   * @param {string} [options.apiBase] base URL of the HTTP API; default: derived from `url`.
+   * @param {number} [options.minDelay=1000] first reconnect delay cap, ms.
+   * @param {number} [options.maxDelay=30000] largest reconnect delay cap, ms.
+   * @param {number} [options.refreshBefore=60000] refresh the token this long before it expires, ms.
+   * @param {number} [options.maxNotifications=50] oldest notifications drop beyond this.
+   * @param {boolean} [options.fetchLicense=true] fetch the license view at start and when needed.
+   */
+  constructor(options = {}) {
+    const here = typeof location !== "undefined" ? location : null;
+    this.url = options.url || (here ? `${here.protocol === "https:" ? "wss" : "ws"}://${here.host}/ws/license` : "");
+    this.apiBase = options.apiBase || this.url.replace(/^ws/, "http").replace(/\/ws\/license.*$/, "");
+    this.token = options.token || null;
+    this.getToken = options.getToken || null;
+    this.minDelay = options.minDelay ?? 1000;
+    this.maxDelay = options.maxDelay ?? 30000;
+    this.refreshBefore = options.refreshBefore ?? 60000;
+    this.maxNotifications = options.maxNotifications ?? 50;
+    this.fetchLicenseEnabled = options.fetchLicense ?? true;
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+
+    this.state = "connecting";
+    this.lastEventId = null;
+    this.node = null;
+    this.connectionId = null;
+    this.license = null;
+    this.notifications = [];
+    this.attempt = 0;
+    this.lastClose = null;
+    this._listeners = new Map();
+    this._ws = null;
+    this._closed = false;
+    this._retryTimer = null;
+    this._refreshTimer = null;
+
+    if (typeof window !== "undefined") {
+      window.addEventListener("online", () => this._retryNow());
+      window.addEventListener("offline", () => this._setState("offline"));
+    }
+    this._open();
+    if (this.fetchLicenseEnabled) this.refetchLicense();
+  }
+
+  /** Subscribes to an event type, "*" (every event), "state", "notifications", "license",
+   *  "resync" or "error"; returns a function that unsubscribes. */
+  on(type, callback) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(callback);
+    return () => this._listeners.get(type)?.delete(callback);
+  }
+
+  /** Removes one notification by id. */
+  remove(id) {
+    const before = this.notifications.length;
+    this.notifications = this.notifications.filter((n) => n.id !== id);
+    if (this.notifications.length !== before) this._emit("notifications", this.notifications);
+  }
+
+  /** Removes every notification. */
+  clear() {
+    this.notifications = [];
+    this._emit("notifications", this.notifications);
+  }
+
+  /** Closes the connection for good. */
+  close() {
+    this._closed = true;
+    clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
+    if (this._ws) this._ws.close(1000, "client closed");
+    this._setState("offline");
+  }
+
+  /** Fetches GET /api/license; resolves to the view (null when the tenant has none). */
+  async refetchLicense() {
+    try {
+      const token = await this._token();
+      const response = await fetch(`${this.apiBase}/api/license`, {
+        headers: { Authorization: `Bearer ${token}` },
+      });
+      this.license = response.ok ? await response.json() : null;
+      this._emit("license", this.license);
+      return this.license;
+    } catch (error) {
+      this._emit("error", error);
+      return this.license;
+    }
+  }
+
+  // --- internals -----------------------------------------------------------------------------
+
+  _emit(type, value) {
+    for (const callback of this._listeners.get(type) || []) {
+      try {
+        callback(value);
+      } catch (error) {
+        console.error("license client listener failed", error);
+      }
+    }
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit("state", state);
+  }
+
+  async _token() {
+    if (this.getToken) this.token = await this.getToken();
+    return this.token;
+  }
+
+  async _open() {
+    if (this._closed) return;
+    this._setState(this.attempt === 0 && !this.lastClose ? "connecting" : "reconnecting");
+    let token;
+    try {
+      token = await this._token();
+    } catch (error) {
+      this._emit("error", error);
+      return this._scheduleRetry();
+    }
+    if (!token) {
+      this._setState("offline");
+      return;
+    }
+    const protocols = ["license.v1", `bearer.${token}`];
+    if (this.lastEventId) protocols.push(`last.${this.lastEventId}`);
+    let ws;
+    try {
+      ws = new this.WebSocket(this.url, protocols);
+    } catch (error) {
+      this._emit("error", error);
+      return this._scheduleRetry();
+    }
+    this._ws = ws;
+    ws.onmessage = (message) => this._onMessage(message.data);
+    ws.onclose = (event) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      clearTimeout(this._refreshTimer);
+      this.lastClose = { code: event.code, reason: event.reason };
+      if (this._closed) return;
+      // A refused token only helps again if a new one can be fetched.
+      if (event.code === AUTH_FAILED && !this.getToken) {
+        this._setState("offline");
+        return;
+      }
+      this._scheduleRetry();
+    };
+  }
+
+  _scheduleRetry() {
+    if (this._closed) return;
+    if (typeof navigator !== "undefined" && navigator.onLine === false) {
+      this._setState("offline"); // the "online" event retries
+      return;
+    }
+    this._setState("reconnecting");
+    // Full jitter: a uniform delay up to the exponential cap, so a fleet does not reconnect in step.
+    const cap = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
+    this.attempt += 1;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = setTimeout(() => this._open(), Math.random() * cap);
+  }
+
+  _retryNow() {
+    if (this._closed || this._ws) return;
+    clearTimeout(this._retryTimer);
+    this._open();
+  }
+
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    if (!this.getToken) return;
+    const exp = expiryOf(this.token || "");
+    if (!exp) return;
+    const wait = Math.max(5000, exp - Date.now() - this.refreshBefore);
+    this._refreshTimer = setTimeout(async () => {
+      try {
+        const token = await this._token();
+        if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify({ type: "auth", token }));
+      } catch (error) {
+        this._emit("error", error);
+      }
+    }, wait);
+  }
+
+  _onMessage(raw) {
+    let message;
+    try {
+      message = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    switch (message.type) {
+      case "connected":
+        // A client that has seen no event yet resumes from the stream's starting point.
+        if (!this.lastEventId && message.lastEventId) this.lastEventId = message.lastEventId;
+        this.attempt = 0;
+        this.node = message.node;
+        this.connectionId = message.connectionId;
+        this._setState("open");
+        this._scheduleRefresh();
+        return;
+      case "auth_ok":
+        this._scheduleRefresh();
+        return;
+      case "pong":
+        return;
+      case "error":
+        console.warn("license gateway:", message.message);
+        return;
+      case "resync_required":
+        this._emit("resync", message);
+        if (this.fetchLicenseEnabled) this.refetchLicense();
+        return;
+      default:
+        this._onEvent(message);
+    }
+  }
+
+  _onEvent(event) {
+    if (event.id) {
+      // The gateway delivers each event once; this guard only protects against replays.
+      if (!newer(event.id, this.lastEventId)) return;
+      this.lastEventId = event.id;
+    }
+    const notification = {
+      id: event.id || `${Date.now()}-${Math.random()}`,
+      type: event.type,
+      severity: event.severity || "info",
+      message: describe(event),
+      timestamp: event.timestamp,
+      data: event.data || {},
+      event,
+    };
+    this.notifications = [...this.notifications, notification].slice(-this.maxNotifications);
+    this._emit(event.type, event);
+    this._emit("*", event);
+    this._emit("notifications", this.notifications);
+    if (this.fetchLicenseEnabled && REFETCH_AFTER.has(event.type)) this.refetchLicense();
+  }
+}
+
+/** Connects to the gateway; see {@link LicenseClient}. */
+export function connect(options) {
+  return new LicenseClient(options);
+}

@@ -1,0 +1,330 @@
+//! The browser client and the demo page in real (headless) Chromium, against real gateways:
+//! toasts (severity, text, queue, auto-dismiss, close), module locking, tabs and tenants, and a
+//! reconnect with resume when the page's node is killed. Also takes the README's screenshot.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const DAY: i64 = 86_400;
+
+fn at(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn acme_license(analytics_enabled: bool) -> Value {
+    json!({"tenantId": "acme", "plan": "enterprise", "expiresAt": at(200 * DAY),
+           "modules": {"analytics": {"enabled": analytics_enabled}, "reports": {"enabled": true}},
+           "limits": {"users": 100}})
+}
+
+async fn put(port: u16, path: &str, body: &Value) {
+    let (status, text) = http(
+        port,
+        "PUT",
+        path,
+        Some(&admin_token()),
+        Some(&body.to_string()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        status == 200 || status == 201,
+        "PUT {path}: {status} {text}"
+    );
+}
+
+/// Opens the demo page for `tenant` and waits until it is connected and shows its license.
+async fn open_page(browser: &Browser, base: &str, tenant: &str) {
+    browser
+        .goto(&format!("{base}/?token={}", tenant_token(tenant)))
+        .await;
+    browser
+        .wait_for(
+            "window.licenseClient && window.licenseClient.state === 'open'",
+            WAIT,
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('state').dataset.state === 'open'",
+            WAIT,
+        )
+        .await;
+}
+
+/// The visible toast as (severity, type, text), or null.
+const TOAST: &str = "(() => { const t = document.getElementById('toast'); \
+    return t ? [t.dataset.severity, t.dataset.type, t.querySelector('.message').textContent] : null; })()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toasts_show_severity_queue_auto_dismiss_and_close() {
+    let gateway = Gateway::start(GatewayOptions::memory()).await;
+    put(
+        gateway.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(true),
+    )
+    .await;
+    let browser = Browser::start().await;
+    open_page(&browser, &gateway.http_url(""), "acme").await;
+    browser
+        .wait_for(
+            "document.querySelector('[data-module=\"analytics\"]')",
+            WAIT,
+        )
+        .await;
+
+    publish(
+        gateway.port,
+        "acme",
+        "usage_limit_warning",
+        json!({"metric": "users", "used": 85, "limit": 100, "percent": 85.0}),
+    )
+    .await;
+    let toast = browser.wait_for(TOAST, WAIT).await;
+    assert_eq!(toast[0], "warning");
+    assert_eq!(toast[1], "usage_limit_warning");
+    assert!(
+        toast[2].as_str().unwrap().contains("users"),
+        "names the metric: {toast}"
+    );
+
+    // A second event waits in the queue behind the first.
+    publish(
+        gateway.port,
+        "acme",
+        "license_expired",
+        json!({"expiredAt": at(0), "module": "analytics"}),
+    )
+    .await;
+    browser.wait_for("document.getElementById('toast-queue') && document.getElementById('toast-queue').textContent === '+1 more'", WAIT).await;
+    assert_eq!(
+        browser.eval(&format!("return {TOAST};")).await[1],
+        "usage_limit_warning",
+        "one at a time"
+    );
+
+    // The close button shows the next one: an error, naming the module.
+    browser
+        .eval("document.getElementById('toast-close').click();")
+        .await;
+    let toast = browser
+        .wait_for(
+            &format!("{TOAST} && {TOAST}[1] === 'license_expired' && {TOAST}"),
+            WAIT,
+        )
+        .await;
+    assert_eq!(toast[0], "error");
+    assert!(
+        toast[2].as_str().unwrap().contains("analytics"),
+        "names the module: {toast}"
+    );
+    // Errors stay 10 s.
+    let shown = Instant::now();
+    browser
+        .wait_for("!document.getElementById('toast')", Duration::from_secs(15))
+        .await;
+    let stayed = shown.elapsed();
+    println!("error toast stayed {stayed:?}");
+    assert!(
+        stayed >= Duration::from_millis(9000) && stayed <= Duration::from_millis(11500),
+        "{stayed:?}"
+    );
+
+    // Info stays 6 s.
+    publish(
+        gateway.port,
+        "acme",
+        "module_activated",
+        json!({"module": "payroll"}),
+    )
+    .await;
+    let toast = browser.wait_for(TOAST, WAIT).await;
+    assert_eq!(toast[0], "info");
+    assert!(toast[2].as_str().unwrap().contains("payroll"));
+    let shown = Instant::now();
+    browser
+        .wait_for("!document.getElementById('toast')", Duration::from_secs(10))
+        .await;
+    let stayed = shown.elapsed();
+    println!("info toast stayed {stayed:?}");
+    assert!(
+        stayed >= Duration::from_millis(5000) && stayed <= Duration::from_millis(7500),
+        "{stayed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_deactivation_locks_the_module_in_the_panel() {
+    let gateway = Gateway::start(GatewayOptions::memory()).await;
+    put(
+        gateway.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(true),
+    )
+    .await;
+    let browser = Browser::start().await;
+    open_page(&browser, &gateway.http_url(""), "acme").await;
+    let locked = "document.querySelector('[data-module=\"analytics\"]')?.dataset.locked";
+    assert_eq!(browser.wait_for(locked, WAIT).await, "false");
+
+    put(
+        gateway.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(false),
+    )
+    .await;
+    browser
+        .wait_for(&format!("{locked} === 'true'"), WAIT)
+        .await;
+    let text = browser
+        .eval("return document.querySelector('[data-module=\"analytics\"]').textContent;")
+        .await;
+    assert!(text.as_str().unwrap().contains("disabled"), "{text}");
+    let toast = browser.wait_for(TOAST, WAIT).await;
+    assert_eq!(toast[1], "module_deactivated");
+    assert!(toast[2].as_str().unwrap().contains("analytics"));
+    // The other module stays unlocked.
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('[data-module=\"reports\"]').dataset.locked;")
+            .await,
+        "false"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_of_a_tenant_get_the_event_and_another_tenant_does_not() {
+    let gateway = Gateway::start(GatewayOptions::memory()).await;
+    put(
+        gateway.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(true),
+    )
+    .await;
+    let browser = Browser::start().await;
+    let base = gateway.http_url("");
+    let first = browser.tab().await;
+    open_page(&browser, &base, "acme").await;
+    let second = browser.new_tab().await;
+    open_page(&browser, &base, "acme").await;
+    let other = browser.new_tab().await;
+    open_page(&browser, &base, "globex").await;
+
+    let sent = publish(
+        gateway.port,
+        "acme",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    let id = sent["id"].as_str().unwrap();
+    let has_it = format!("window.licenseClient.notifications.filter(n => n.id === '{id}').length");
+    for tab in [&first, &second] {
+        browser.switch_to(tab).await;
+        assert_eq!(browser.wait_for(&has_it, WAIT).await, 1);
+        browser.wait_for(TOAST, WAIT).await;
+    }
+    browser.switch_to(&other).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        browser
+            .eval("return window.licenseClient.notifications.length;")
+            .await,
+        0,
+        "globex saw nothing"
+    );
+    assert_eq!(browser.eval(&format!("return {TOAST};")).await, Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_reconnects_and_resumes_when_its_node_is_killed() {
+    let redis = Redis::start();
+    let mut a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let mut b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let nginx = Nginx::start(&[a.port, b.port]).await;
+    put(
+        a.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(true),
+    )
+    .await;
+    let browser = Browser::start().await;
+    open_page(
+        &browser,
+        &format!("http://127.0.0.1:{}", nginx.port),
+        "acme",
+    )
+    .await;
+    let node = browser.eval("return window.licenseClient.node;").await;
+    let (survivor_port, survivor_id) = if node == a.node_id {
+        a.kill();
+        (b.port, b.node_id.clone())
+    } else {
+        assert_eq!(node, b.node_id);
+        b.kill();
+        (a.port, a.node_id.clone())
+    };
+    // Published through the surviving node while the page has no connection.
+    let sent = publish(
+        survivor_port,
+        "acme",
+        "usage_limit_exceeded",
+        json!({"metric": "users", "used": 120, "limit": 100, "percent": 120.0}),
+    )
+    .await;
+    let id = sent["id"].as_str().unwrap();
+    let count = format!("window.licenseClient.notifications.filter(n => n.id === '{id}').length");
+    assert_eq!(browser.wait_for(&count, Duration::from_secs(20)).await, 1);
+    assert_eq!(
+        browser.eval("return window.licenseClient.node;").await,
+        survivor_id.as_str()
+    );
+    assert_eq!(
+        browser.eval("return window.licenseClient.state;").await,
+        "open"
+    );
+    let toast = browser.wait_for(TOAST, WAIT).await;
+    assert_eq!(toast[1], "usage_limit_exceeded");
+    // Still exactly once a moment later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(browser.eval(&format!("return {count};")).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_screenshot() {
+    // `serve --demo` with the test secret, so the test can mint the page's tokens.
+    let gateway = Gateway::spawn_args(&["serve", "--demo"], GatewayOptions::memory());
+    gateway.wait_ready().await;
+    let browser = Browser::start().await;
+    let url = format!(
+        "{}/?token={}&admin={}",
+        gateway.http_url(""),
+        tenant_token("acme"),
+        admin_token()
+    );
+    browser.goto(&url).await;
+    browser.wait_for("document.querySelector('#controls:not([hidden])') && document.getElementById('state').dataset.state === 'open'", WAIT).await;
+    // Drive it the way a newcomer would: raise usage with the demo controls.
+    browser.eval("document.querySelector('[data-usage=\"users\"]').value = 91; document.querySelector('[data-set-usage=\"users\"]').click();").await;
+    let toast = browser.wait_for(TOAST, WAIT).await;
+    assert_eq!(toast[1], "usage_limit_warning");
+    browser.wait_for("document.querySelector('.usage[data-metric=\"users\"] .bar').dataset.state === 'warning'", WAIT).await;
+    let png = browser.screenshot().await;
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("demo.png"), &png).unwrap();
+    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/demo.png");
+        std::fs::write(docs, &png).unwrap();
+    }
+}
