@@ -328,3 +328,52 @@ async fn demo_page_screenshot() {
         std::fs::write(docs, &png).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refreshes_its_token_in_band_before_it_expires() {
+    let gateway = Gateway::start(GatewayOptions::memory().env("JWT_LEEWAY_SECS", "0")).await;
+    let browser = Browser::start().await;
+    open_page(&browser, &gateway.http_url(""), "acme").await;
+    let short = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 8}));
+    let fresh = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 3600}));
+    // A second client on the page: its first token expires in 8 s; getToken then hands out a
+    // fresh one, which it must send in-band (refreshBefore 4 s → at about 5 s).
+    browser
+        .eval(&format!(
+            "window.tokens = ['{short}', '{fresh}']; window.calls = 0; \
+             import('/client.js').then((m) => {{ window.c2 = m.connect({{ fetchLicense: false, refreshBefore: 4000, \
+               getToken: () => window.tokens[Math.min(window.calls++, 1)] }}); }});"
+        ))
+        .await;
+    browser
+        .wait_for("window.c2 && window.c2.state === 'open'", WAIT)
+        .await;
+    let connection = browser.eval("return window.c2.connectionId;").await;
+    // Past the first token's expiry: the same connection, never closed, token fetched twice.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(browser.eval("return window.c2.state;").await, "open");
+    assert_eq!(
+        browser.eval("return window.c2.connectionId;").await,
+        connection
+    );
+    assert_eq!(
+        browser.eval("return window.c2.lastClose;").await,
+        Value::Null
+    );
+    assert_eq!(browser.eval("return window.calls;").await, 2);
+    // And it still receives events.
+    let sent = publish(
+        gateway.port,
+        "acme",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    let id = sent["id"].as_str().unwrap();
+    browser
+        .wait_for(
+            &format!("window.c2.notifications.some(n => n.id === '{id}')"),
+            WAIT,
+        )
+        .await;
+}
