@@ -115,6 +115,7 @@ fn check_redis_url(url: &str) -> Result<(), ConfigError> {
 
 /// `serve`: runs a gateway node until SIGTERM/SIGINT.
 pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
+    crate::metrics::install();
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone());
 

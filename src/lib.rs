@@ -19,6 +19,7 @@
 //! - [`api`]: health, readiness, license and admin HTTP routes.
 //! - [`commands`]: what each subcommand does; `main.rs` only parses and dispatches.
 //! - [`web`]: the browser client (`/client.js`) and the demo page (`/`), embedded.
+//! - [`metrics`]: Prometheus metrics, rendered at `/metrics`.
 //! - [`telemetry`], [`shutdown`]: logs, signals.
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod engine;
 pub mod gateway;
 pub mod license;
+pub mod metrics;
 pub mod protocol;
 pub mod shutdown;
 pub mod telemetry;

@@ -291,6 +291,18 @@ pub struct ChannelProbe<'a> {
     /// Tenant the publisher meant.
     #[serde(rename = "tenantId", borrow)]
     pub tenant_id: std::borrow::Cow<'a, str>,
+    /// Publish time (for latency metrics), when present.
+    #[serde(default, borrow)]
+    pub timestamp: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What a gateway learns from a checked channel payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// The envelope id, when it has a valid one.
+    pub id: Option<EventId>,
+    /// The publish timestamp in Unix milliseconds, when it has a valid one.
+    pub published_ms: Option<u64>,
 }
 
 /// Why a channel payload was dropped instead of forwarded.
@@ -309,17 +321,21 @@ pub enum ChannelPayloadError {
 
 /// Checks a payload from tenant `tenant`'s channel (SPEC §2): it must be a JSON object with a
 /// string `type` and a `tenantId` equal to the channel's tenant. Returns its id, when it has one.
-pub fn check_channel_payload(
-    tenant: &str,
-    payload: &[u8],
-) -> Result<Option<EventId>, ChannelPayloadError> {
+pub fn check_channel_payload(tenant: &str, payload: &[u8]) -> Result<Checked, ChannelPayloadError> {
     let probe: ChannelProbe<'_> = serde_json::from_slice(payload)?;
     if probe.tenant_id != tenant {
         return Err(ChannelPayloadError::WrongTenant {
             found: probe.tenant_id.into_owned(),
         });
     }
-    Ok(probe.id.and_then(|id| id.parse().ok()))
+    let published_ms = probe
+        .timestamp
+        .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok())
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
+    Ok(Checked {
+        id: probe.id.and_then(|id| id.parse().ok()),
+        published_ms,
+    })
 }
 
 /// Messages a client may send. Extra fields are ignored (a newer client may add some); an
@@ -447,10 +463,15 @@ mod tests {
     fn channel_payloads_are_checked() {
         let ok = br#"{"id":"1-0","type":"x","tenantId":"acme"}"#;
         assert_eq!(
-            check_channel_payload("acme", ok).unwrap(),
+            check_channel_payload("acme", ok).unwrap().id,
             Some("1-0".parse().unwrap())
         );
         assert!(check_channel_payload("other", ok).is_err());
+        let stamped = br#"{"type":"x","tenantId":"acme","timestamp":"1970-01-01T00:00:01.500Z"}"#;
+        assert_eq!(
+            check_channel_payload("acme", stamped).unwrap().published_ms,
+            Some(1500)
+        );
         for bad in [
             &b"garbage"[..],
             b"[]",

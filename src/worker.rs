@@ -119,8 +119,12 @@ impl Validator {
             let plans = rules::evaluate(&license, &usage, &record.notices, now, &self.rules);
             let mut conflict = false;
             for plan in plans {
+                let types: Vec<_> = plan.events.iter().map(|n| n.event_type).collect();
                 match self.apply_plan(tenant, &record, plan).await? {
-                    Applied::Done(events) => published.extend(events),
+                    Applied::Done(events) => {
+                        types.into_iter().for_each(crate::metrics::notice);
+                        published.extend(events);
+                    }
                     Applied::Conflict => {
                         conflict = true;
                         break;
@@ -231,6 +235,7 @@ impl Validator {
             }
         }
         summary.tenants = tenants.len();
+        crate::metrics::worker_pass(started.elapsed().as_secs_f64());
         tracing::info!(
             tenants = summary.tenants,
             events = summary.events,

@@ -66,6 +66,7 @@ impl MemoryEngine {
         };
         log.last = Some(id);
         let payload = Utf8Bytes::from(draft.envelope_json(id));
+        crate::metrics::event_published(draft.event_type);
         log.entries.push_back((id, payload.clone()));
         while log.entries.len() > self.history.size as usize {
             log.entries.pop_front();

@@ -324,14 +324,22 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink, state: &RedisSt
         Value::Bytes(b) => b,
         other => {
             state.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::payload_dropped();
             tracing::warn!(tenant, kind = ?other.kind(), "dropped non-string payload on tenant channel");
             return;
         }
     };
     let id = match check_channel_payload(tenant, &bytes) {
-        Ok(id) => id,
+        Ok(checked) => {
+            if let Some(published) = checked.published_ms {
+                let now = now_ms() as f64;
+                crate::metrics::delivery_latency(((now - published as f64) / 1000.0).max(0.0));
+            }
+            checked.id
+        }
         Err(error) => {
             state.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::payload_dropped();
             tracing::warn!(tenant, %error, "dropped payload on tenant channel");
             return;
         }
@@ -340,6 +348,7 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink, state: &RedisSt
         Ok(payload) => sink.deliver(tenant, id, payload),
         Err(_) => {
             state.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::payload_dropped();
             tracing::warn!(tenant, "dropped non-UTF-8 payload on tenant channel");
         }
     }
@@ -384,6 +393,7 @@ impl Engine for RedisEngine {
                     }
                     Err(RecvError::Lagged(n)) => {
                         state.lagged.fetch_add(n, Ordering::Relaxed);
+                        crate::metrics::pubsub_lagged(n);
                         tracing::error!(
                             lost = n,
                             "pub/sub receive loop lagged; refilling from history"
@@ -434,6 +444,7 @@ impl Engine for RedisEngine {
                         }
                         state.subscriptions_ok.store(true, Ordering::Relaxed);
                         if let Some(sink) = &sink { sink.gap_ends(); }
+                        crate::metrics::redis_reconnected();
                         tracing::info!(channels = sub.tracked_channels().len(), "redis subscriber (re)connected; subscriptions restored");
                     }
                 }
@@ -528,6 +539,9 @@ impl Engine for RedisEngine {
                         id,
                         payload: Utf8Bytes::from(format!("{prefix}{id}{suffix}")),
                     });
+                }
+                for draft in &change.events {
+                    crate::metrics::event_published(draft.event_type);
                 }
                 Ok(Applied::Done(published))
             }

@@ -255,6 +255,7 @@ impl Hub {
                 entry.baseline = baseline;
             }
             *is_subscribed = true;
+            crate::metrics::tenants_subscribed(1.0);
             tracing::debug!(tenant, "subscribed tenant channel");
         }
         self.changed.notify_one();
@@ -313,6 +314,7 @@ impl Hub {
                 Err(error) => tracing::warn!(tenant = &**tenant, %error, "unsubscribe failed"),
             }
             *is_subscribed = false;
+            crate::metrics::tenants_subscribed(-1.0);
         }
         let mut shard = self.shard(tenant);
         if shard
@@ -365,6 +367,7 @@ fn fan_out(entry: &TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64
             delivered += 1;
         }
     }
+    crate::metrics::event_fanned_out(delivered);
     delivered
 }
 
@@ -440,6 +443,7 @@ impl Hub {
                         filled,
                         "filled a delivery gap from history"
                     );
+                    crate::metrics::gap_fill("filled");
                 }
                 entry.overflow
             }
@@ -454,6 +458,7 @@ impl Hub {
             }
         };
         if lost {
+            crate::metrics::gap_fill("resync");
             // Events may be missing and cannot be recovered: say so instead of pretending.
             let message = ServerMessage::ResyncRequired {
                 reason: "events may have been missed (history lost or trimmed); refetch the license",

@@ -14,6 +14,7 @@ use super::AppState;
 use super::hub::{Membership, Next};
 use crate::auth::{AuthError, Claims};
 use crate::engine::History;
+use crate::metrics;
 use crate::protocol::{ClientMessage, CloseReason, EventId, ServerMessage, now_ms};
 
 /// How long the server waits for the client's close frame after sending its own.
@@ -36,6 +37,7 @@ pub struct Handshake {
 pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
     let _guard = handshake.guard;
     if let Some(reason) = handshake.refuse {
+        metrics::closed(Some(reason));
         close(&mut socket, reason).await;
         return;
     }
@@ -43,6 +45,8 @@ pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
         Ok(ok) => ok,
         Err(error) => {
             tracing::info!(reason = error.label(), "connection refused");
+            metrics::auth_failed(error.label());
+            metrics::closed(Some(error.close_reason()));
             close(&mut socket, error.close_reason()).await;
             return;
         }
@@ -51,10 +55,13 @@ pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
         Ok(m) => m,
         Err(error) => {
             tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
+            metrics::closed(Some(CloseReason::TryAgainLater));
             close(&mut socket, CloseReason::TryAgainLater).await;
             return;
         }
     };
+    // Paired with `session_ended` below, whatever happens in between.
+    metrics::session_opened();
     let connection_id = format!("{}-{}", state.settings.node_id, state.next_connection_id());
     let span = tracing::info_span!("session", %tenant, connection = %connection_id);
     let reason = {
@@ -69,6 +76,8 @@ pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
         tracing::Instrument::instrument(session.serve(&connection_id, resume), span.clone()).await
     };
     state.hub.leave(&membership);
+    metrics::session_ended();
+    metrics::closed(reason);
     if let Some(reason) = reason {
         span.in_scope(|| tracing::info!(reason = reason.label(), "closing session"));
         close(&mut socket, reason).await;
@@ -204,6 +213,7 @@ impl Session<'_> {
         match history {
             History::After(events) => {
                 tracing::debug!(after = %after, replayed = events.len(), "resuming");
+                metrics::history_replay("replayed");
                 self.last_sent = Some(after);
                 for (id, payload) in events {
                     if !self.send(Message::Text(payload)).await {
@@ -222,6 +232,7 @@ impl Session<'_> {
 
     async fn resync(&mut self, reason: &str) -> bool {
         tracing::debug!(reason, "resync required");
+        metrics::history_replay("resync");
         let message = ServerMessage::ResyncRequired { reason }.to_json();
         self.send(Message::Text(message.into())).await
     }
@@ -260,13 +271,13 @@ impl Session<'_> {
                 }
             }
             ClientMessage::Auth { token } => {
-                let (tenant, claims) = self
-                    .state
-                    .verifier
-                    .verify_tenant(&token)
-                    .map_err(|e| Some(e.close_reason()))?;
+                let (tenant, claims) = self.state.verifier.verify_tenant(&token).map_err(|e| {
+                    metrics::auth_failed(e.label());
+                    Some(e.close_reason())
+                })?;
                 if tenant != self.membership.tenant() {
                     tracing::warn!(other = %tenant, "refresh token names another tenant");
+                    metrics::auth_failed("other_tenant");
                     return Err(Some(CloseReason::InvalidToken));
                 }
                 let ok = ServerMessage::AuthOk {

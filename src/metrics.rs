@@ -1,0 +1,133 @@
+//! Prometheus metrics: every name in one place, recorded through the `metrics` facade and
+//! rendered at `GET /metrics`. Names and labels follow Prometheus conventions (`_total` counters,
+//! base units); tenant ids are never labels (unbounded cardinality).
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::{CloseReason, EventType};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls return the same handle.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    if HANDLE.get().is_none() {
+        let latency = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let passes = [0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("license_gateway_delivery_latency_seconds".into()),
+                &latency,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("license_gateway_worker_pass_duration_seconds".into()),
+                    &passes,
+                )
+            });
+        match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+            Ok(handle) => {
+                let _ = HANDLE.set(handle);
+            }
+            Err(error) => tracing::warn!(%error, "metrics recorder not installed"),
+        }
+    }
+    HANDLE.get()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    match HANDLE.get() {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
+    }
+}
+
+/// A WebSocket session became `connected`.
+pub fn session_opened() {
+    counter!("license_gateway_connects_total").increment(1);
+    gauge!("license_gateway_connections").increment(1.0);
+}
+
+/// A `connected` session ended.
+pub fn session_ended() {
+    gauge!("license_gateway_connections").decrement(1.0);
+}
+
+/// A connection was closed: by the server with `reason`, or by the client (`None`).
+pub fn closed(reason: Option<CloseReason>) {
+    let (code, label) = match reason {
+        Some(r) => (r.code().to_string(), r.label()),
+        None => ("client".to_owned(), "client"),
+    };
+    counter!("license_gateway_closes_total", "code" => code, "reason" => label).increment(1);
+}
+
+/// A token was refused (at connect or refresh).
+pub fn auth_failed(reason: &'static str) {
+    counter!("license_gateway_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// The node subscribed (+1) or unsubscribed (-1) a tenant channel.
+pub fn tenants_subscribed(delta: f64) {
+    gauge!("license_gateway_tenants_subscribed").increment(delta);
+}
+
+/// This process published an event (API, CLI, worker or embedded validator).
+pub fn event_published(event_type: EventType) {
+    counter!("license_gateway_events_published_total", "type" => event_type.as_str()).increment(1);
+}
+
+/// The node received an event for its sessions and handed it to `recipients` of them.
+pub fn event_fanned_out(recipients: u64) {
+    counter!("license_gateway_events_received_total").increment(1);
+    counter!("license_gateway_deliveries_total").increment(recipients);
+}
+
+/// Seconds from an event's publish timestamp to its arrival at this node.
+pub fn delivery_latency(seconds: f64) {
+    histogram!("license_gateway_delivery_latency_seconds").record(seconds);
+}
+
+/// A payload on a tenant channel was dropped as malformed.
+pub fn payload_dropped() {
+    counter!("license_gateway_dropped_payloads_total").increment(1);
+}
+
+/// The pub/sub receive loop lagged and lost `n` messages (refilled from history).
+pub fn pubsub_lagged(n: u64) {
+    counter!("license_gateway_pubsub_lagged_messages_total").increment(n);
+}
+
+/// The Redis subscriber reconnected.
+pub fn redis_reconnected() {
+    counter!("license_gateway_redis_reconnects_total").increment(1);
+}
+
+/// A resume request was served from history (`replayed`) or answered `resync_required`.
+pub fn history_replay(outcome: &'static str) {
+    counter!("license_gateway_history_replays_total", "outcome" => outcome).increment(1);
+}
+
+/// A delivery gap was filled from history (`filled`) or could not be (`resync`).
+pub fn gap_fill(outcome: &'static str) {
+    counter!("license_gateway_gap_fills_total", "outcome" => outcome).increment(1);
+}
+
+/// A validator pass over all tenants finished.
+pub fn worker_pass(seconds: f64) {
+    counter!("license_gateway_worker_passes_total").increment(1);
+    histogram!("license_gateway_worker_pass_duration_seconds").record(seconds);
+}
+
+/// The validator published a notice.
+pub fn notice(event_type: EventType) {
+    counter!("license_gateway_notices_total", "type" => event_type.as_str()).increment(1);
+}
