@@ -29,7 +29,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                     &passes,
                 )
             });
-        match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+        match builder.and_then(|b| b.install_recorder()) {
             Ok(handle) => {
                 let _ = HANDLE.set(handle);
             }
