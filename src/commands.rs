@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Signer, Verifier, valid_tenant_id};
-use crate::config::{AuthArgs, ConfigError, PublishArgs, ServeArgs, TokenArgs, WorkerArgs};
+use crate::config::{
+    AuthArgs, ConfigError, HealthcheckArgs, PublishArgs, ServeArgs, TokenArgs, WorkerArgs,
+};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{ConnectMode, RedisEngine};
 use crate::engine::{EngineError, HistoryConfig, SharedEngine};
@@ -326,4 +328,26 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
         .run(Duration::from_secs(args.interval), shutdown)
         .await;
     Ok(())
+}
+
+/// `healthcheck`: `GET /healthz` on the local node within two seconds; no curl in the image.
+pub async fn healthcheck(args: &HealthcheckArgs) -> Result<(), CommandError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", args.port)).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(CommandError::Incomplete(
+            "healthz did not answer 200".into(),
+        )),
+        Ok(Err(e)) => Err(CommandError::Incomplete(format!("healthz: {e}"))),
+        Err(_) => Err(CommandError::Incomplete("healthz timed out".into())),
+    }
 }

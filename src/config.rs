@@ -39,6 +39,16 @@ pub enum Command {
     Publish(PublishArgs),
     /// Validator worker on Redis: evaluates every license and publishes notices, exactly once.
     Worker(WorkerArgs),
+    /// Exit 0 when the local node answers `GET /healthz` (container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// `healthcheck`: probe the local node.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Port of the node to probe. Default 5000.
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 5000)]
+    pub port: u16,
 }
 
 /// Notice thresholds, shared by `serve` (embedded validator, API) and `worker`.

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Command::Token(args) => commands::token(&args).map(|t| println!("{t}")),
             Command::Publish(args) => commands::publish(&args).await.map(|id| println!("{id}")),
             Command::Worker(args) => commands::worker(&args).await,
+            Command::Healthcheck(args) => commands::healthcheck(&args).await,
         }
     });
     match result {

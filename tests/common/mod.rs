@@ -193,6 +193,15 @@ impl Nginx {
         );
         let path = dir.0.join("nginx.conf");
         std::fs::write(&path, conf).expect("nginx.conf");
+        Self::run(dir, path, port).await
+    }
+
+    /// Runs nginx with a prepared config (which must say `daemon off;`) listening on `port`.
+    pub async fn start_with_config(dir: TempDir, path: PathBuf, port: u16) -> Self {
+        Self::run(dir, path, port).await
+    }
+
+    async fn run(dir: TempDir, path: PathBuf, port: u16) -> Self {
         let child = Command::new("nginx")
             .arg("-c")
             .arg(&path)

@@ -1,0 +1,235 @@
+//! What CI cannot run, it validates: the Kubernetes manifests against the Kubernetes schemas
+//! (offline, `kubernetes-validate --strict`), docker-compose.yml against the Compose schema, and
+//! the nginx config with `nginx -t`. Then the compose topology runs natively, without Docker:
+//! redis-server, three gateway nodes, one looping worker, and nginx with deploy/'s config.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn manifests(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            manifests(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml")
+            && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+        {
+            out.push(path);
+        }
+    }
+}
+
+fn kubernetes_validate(path: &Path) -> (bool, String) {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(path)
+        .output()
+        .expect("kubernetes-validate must be installed (the README's test command installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn kubernetes_manifests_match_the_schemas() {
+    let mut files = Vec::new();
+    manifests(&root().join("deploy/k8s"), &mut files);
+    assert!(files.len() >= 9, "{files:?}");
+    for file in &files {
+        let (ok, output) = kubernetes_validate(file);
+        assert!(ok, "{}: {output}", file.display());
+    }
+    // The validator does reject a typo.
+    let dir = TempDir::new("lgw-k8s");
+    let broken = dir.0.join("broken.yaml");
+    let text =
+        std::fs::read_to_string(root().join("deploy/k8s/base/gateway-deployment.yaml")).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("terminationGracePeriodSeconds", "terminationGracePeriod"),
+    )
+    .unwrap();
+    assert!(
+        !kubernetes_validate(&broken).0,
+        "a misspelt field must fail"
+    );
+    // Every resource a kustomization names exists.
+    for kustomization in [
+        "deploy/k8s/base/kustomization.yaml",
+        "deploy/k8s/overlays/production/kustomization.yaml",
+    ] {
+        let path = root().join(kustomization);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let resources = text
+            .lines()
+            .skip_while(|l| !l.starts_with("resources:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  - "));
+        for resource in resources {
+            let target = path
+                .parent()
+                .unwrap()
+                .join(resource.trim_start_matches("  - ").trim());
+            assert!(
+                target.exists(),
+                "{kustomization} names {}",
+                target.display()
+            );
+        }
+    }
+}
+
+fn compose_config(path: &Path) -> (bool, String) {
+    let out = Command::new("docker-compose")
+        .arg("-f")
+        .arg(path)
+        .args(["config", "-q"])
+        .env("JWT_SECRET", "validate")
+        .output()
+        .expect("docker-compose must be installed (the README's test command installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn docker_compose_file_matches_the_compose_schema() {
+    let (ok, output) = compose_config(&root().join("docker-compose.yml"));
+    assert!(ok, "{output}");
+    let dir = TempDir::new("lgw-compose");
+    let broken = dir.0.join("docker-compose.yml");
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    std::fs::write(&broken, text.replace("\nvolumes:\n", "\nvolumez:\n")).unwrap();
+    assert!(
+        !compose_config(&broken).0,
+        "a misspelt top-level key must fail"
+    );
+}
+
+/// deploy/nginx/nginx.conf with the compose host names replaced by local nodes.
+fn nginx_config(dir: &Path, listen: u16, upstreams: &[u16]) -> PathBuf {
+    let mut text = std::fs::read_to_string(root().join("deploy/nginx/nginx.conf")).unwrap();
+    for (i, port) in upstreams.iter().enumerate() {
+        text = text.replace(
+            &format!("gateway-{}:5000", i + 1),
+            &format!("127.0.0.1:{port}"),
+        );
+    }
+    text = text
+        .replace("listen 8080;", &format!("listen 127.0.0.1:{listen};"))
+        .replace(
+            "pid /tmp/nginx.pid;",
+            &format!("pid {}/nginx.pid;", dir.display()),
+        )
+        .replace("worker_processes auto;", "worker_processes 1;\ndaemon off;")
+        .replace("/tmp/nginx-", &format!("{}/nginx-", dir.display()));
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn nginx_config_passes_nginx_t() {
+    let dir = TempDir::new("lgw-nginx-t");
+    let conf = nginx_config(
+        &dir.0,
+        free_port(),
+        &[free_port(), free_port(), free_port()],
+    );
+    let out = Command::new("nginx")
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("nginx");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_topology_runs_natively() {
+    let redis = Redis::start_with_aof();
+    let nodes = [
+        Gateway::start(GatewayOptions::redis(&redis)).await,
+        Gateway::start(GatewayOptions::redis(&redis)).await,
+        Gateway::start(GatewayOptions::redis(&redis)).await,
+    ];
+    let _worker = Gateway::worker(&redis, &["--interval", "60"]);
+    let dir = TempDir::new("lgw-topology");
+    let port = free_port();
+    let conf = nginx_config(
+        &dir.0,
+        port,
+        &nodes.iter().map(|n| n.port).collect::<Vec<_>>(),
+    );
+    // Stopped gracefully on drop (SIGQUIT), so no worker process outlives the test.
+    let _nginx = Nginx::start_with_config(dir, conf, port).await;
+
+    // Everything through the one published port.
+    let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": at_secs(3), "limits": {"users": 100}});
+    let (status, body) = http(
+        port,
+        "PUT",
+        "/api/admin/tenants/acme/license",
+        Some(&admin_token()),
+        Some(&doc.to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (mut client, hello) = WsClient::connected(
+        &format!("ws://127.0.0.1:{port}/ws/license"),
+        &tenant_token("acme"),
+    )
+    .await;
+    assert!(nodes.iter().any(|n| hello["node"] == n.node_id.as_str()));
+    let usage = json!({"users": 120}).to_string();
+    let (status, _) = http(
+        port,
+        "PUT",
+        "/api/admin/tenants/acme/usage",
+        Some(&admin_token()),
+        Some(&usage),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(client.next_json().await["type"], "usage_limit_exceeded");
+    // The looping worker fires the expiry through whichever node holds the client.
+    let expired = loop {
+        let e = tokio::time::timeout(Duration::from_secs(8), client.next_json())
+            .await
+            .expect("license_expired in time");
+        if e["type"] == "license_expired" {
+            break e;
+        }
+    };
+    assert_eq!(expired["data"]["expiredAt"], doc["expiresAt"]);
+}
+
+fn at_secs(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
