@@ -11,16 +11,8 @@ use serde_json::{Value, json};
 
 const DAY: i64 = 86_400;
 
-fn at(secs: i64) -> String {
-    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
-    t.replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
-
 fn acme_license(analytics_enabled: bool) -> Value {
-    json!({"tenantId": "acme", "plan": "enterprise", "expiresAt": at(200 * DAY),
+    json!({"tenantId": "acme", "plan": "enterprise", "expiresAt": rfc3339_in(200 * DAY),
            "modules": {"analytics": {"enabled": analytics_enabled}, "reports": {"enabled": true}},
            "limits": {"users": 100}})
 }
@@ -60,12 +52,8 @@ async fn open_page(browser: &Browser, base: &str, tenant: &str) {
         .await;
 }
 
-/// The visible toast as (severity, type, text), or null.
-const TOAST: &str = "(() => { const t = document.getElementById('toast'); \
-    return t ? [t.dataset.severity, t.dataset.type, t.querySelector('.message').textContent] : null; })()";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn toasts_show_severity_queue_auto_dismiss_and_close() {
+/// A gateway with acme's license, and a browser showing acme's page.
+async fn acme_page() -> (Gateway, Browser) {
     let gateway = Gateway::start(GatewayOptions::memory()).await;
     put(
         gateway.port,
@@ -75,6 +63,16 @@ async fn toasts_show_severity_queue_auto_dismiss_and_close() {
     .await;
     let browser = Browser::start().await;
     open_page(&browser, &gateway.http_url(""), "acme").await;
+    (gateway, browser)
+}
+
+/// The visible toast as (severity, type, text), or null.
+const TOAST: &str = "(() => { const t = document.getElementById('toast'); \
+    return t ? [t.dataset.severity, t.dataset.type, t.querySelector('.message').textContent] : null; })()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toasts_show_severity_queue_auto_dismiss_and_close() {
+    let (gateway, browser) = acme_page().await;
     browser
         .wait_for(
             "document.querySelector('[data-module=\"analytics\"]')",
@@ -102,7 +100,7 @@ async fn toasts_show_severity_queue_auto_dismiss_and_close() {
         gateway.port,
         "acme",
         "license_expired",
-        json!({"expiredAt": at(0), "module": "analytics"}),
+        json!({"expiredAt": rfc3339_in(0), "module": "analytics"}),
     )
     .await;
     browser.wait_for("document.getElementById('toast-queue') && document.getElementById('toast-queue').textContent === '+1 more'", WAIT).await;
@@ -164,15 +162,7 @@ async fn toasts_show_severity_queue_auto_dismiss_and_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_deactivation_locks_the_module_in_the_panel() {
-    let gateway = Gateway::start(GatewayOptions::memory()).await;
-    put(
-        gateway.port,
-        "/api/admin/tenants/acme/license",
-        &acme_license(true),
-    )
-    .await;
-    let browser = Browser::start().await;
-    open_page(&browser, &gateway.http_url(""), "acme").await;
+    let (gateway, browser) = acme_page().await;
     let locked = "document.querySelector('[data-module=\"analytics\"]')?.dataset.locked";
     assert_eq!(browser.wait_for(locked, WAIT).await, "false");
 

@@ -633,22 +633,9 @@ async fn slow_consumer_is_closed_and_others_keep_up(backend: Backend) {
     let token = tenant_token("acme");
     let (mut healthy, _) = WsClient::connected(&d.ws_url(), &token).await;
     // The slow client connects over a socket with a tiny receive buffer and then stops reading.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(([127, 0, 0, 1], d.port()).into())
-        .await
-        .unwrap();
-    let request = format!("{}?token={token}", d.ws_url());
-    let (mut slow, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap();
-    let reader = tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let first = slow.next().await;
-        (first, slow)
-    });
-    let (first, mut slow) = reader.await.unwrap();
+    let mut slow = stalled_client(d.port(), &d.ws_url(), &token).await;
+    use futures_util::StreamExt;
+    let first = slow.next().await;
     assert!(
         matches!(first, Some(Ok(tokio_tungstenite::tungstenite::Message::Text(ref t))) if t.contains("connected"))
     );
@@ -682,17 +669,7 @@ async fn slow_consumer_is_closed_and_others_keep_up(backend: Backend) {
     );
 
     // Now the slow client reads: some events, then the 1013 close.
-    use futures_util::StreamExt;
-    let close = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(message)) = slow.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Close(frame) = message {
-                return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-            }
-        }
-        None
-    })
-    .await
-    .expect("slow client closed in time");
+    let close = final_close(&mut slow, Duration::from_secs(20)).await;
     assert_eq!(close, Some((1013, "slow consumer".to_owned())));
 }
 

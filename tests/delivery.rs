@@ -321,17 +321,8 @@ async fn a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_even
         target.clone(),
         Duration::from_secs(120),
     ));
-    // The stalled client: a tiny receive buffer, and it reads nothing until the end.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(([127, 0, 0, 1], node.port).into())
-        .await
-        .unwrap();
-    let (mut stalled, _) =
-        tokio_tungstenite::client_async(format!("{}?token={token}", node.ws_url()), stream)
-            .await
-            .unwrap();
+    // The stalled client reads nothing until the end.
+    let mut stalled = stalled_client(node.port, &node.ws_url(), &token).await;
     eventually(WAIT, "both connected", || async {
         (admin_stats(node.port).await["totalConnections"] == 2).then_some(())
     })
@@ -374,17 +365,7 @@ async fn a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_even
     let seen = healthy.await.unwrap();
     check_exactly_once("10,000 events beside a stalled client", &published, &[seen]);
 
-    use futures_util::StreamExt;
-    let close = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(Ok(message)) = stalled.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Close(frame) = message {
-                return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-            }
-        }
-        None
-    })
-    .await
-    .expect("the stalled client was closed");
+    let close = final_close(&mut stalled, Duration::from_secs(30)).await;
     assert_eq!(close, Some((1013, "slow consumer".to_owned())));
 }
 

@@ -30,8 +30,9 @@ fn manifests(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn kubernetes_validate(path: &Path) -> (bool, String) {
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet"])
+    // As a module: works right after `pip install`, whatever the PATH shims (pyenv) say.
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
         .arg(path)
         .output()
         .expect("kubernetes-validate must be installed (the README's test command installs it)");
@@ -185,7 +186,7 @@ async fn compose_topology_runs_natively() {
     let _nginx = Nginx::start_with_config(dir, conf, port).await;
 
     // Everything through the one published port.
-    let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": at_secs(3), "limits": {"users": 100}});
+    let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": rfc3339_in(3), "limits": {"users": 100}});
     let (status, body) = http(
         port,
         "PUT",
@@ -224,12 +225,4 @@ async fn compose_topology_runs_natively() {
         }
     };
     assert_eq!(expired["data"]["expiredAt"], doc["expiresAt"]);
-}
-
-fn at_secs(secs: i64) -> String {
-    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
-    t.replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
 }

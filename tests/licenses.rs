@@ -22,12 +22,6 @@ both_engines!(
     license_status_view,
 );
 
-/// RFC 3339 of now plus `secs` (whole seconds).
-fn at(secs: i64) -> String {
-    let t = OffsetDateTime::now_utc() + time::Duration::seconds(secs);
-    t.replace_nanosecond(0).unwrap().format(&Rfc3339).unwrap()
-}
-
 const DAY: i64 = 86_400;
 
 async fn put_license(port: u16, tenant: &str, doc: &Value) -> (u16, Value) {
@@ -88,7 +82,7 @@ const QUIET: Duration = Duration::from_millis(700);
 async fn license_changes_publish_module_and_update_events(backend: Backend) {
     let d = Deployment::start(backend, &[]).await;
     let (mut client, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
-    let expires = at(365 * DAY);
+    let expires = rfc3339_in(365 * DAY);
     let mut doc = json!({
         "tenantId": "acme", "plan": "pro", "expiresAt": expires,
         "modules": {"analytics": {"enabled": true}, "payroll": {"enabled": false}},
@@ -117,7 +111,7 @@ async fn license_changes_publish_module_and_update_events(backend: Backend) {
     doc["modules"]["analytics"]["enabled"] = json!(false);
     doc["plan"] = json!("enterprise");
     doc["limits"]["users"] = json!(200);
-    doc["modules"]["reports"] = json!({"enabled": true, "expiresAt": at(200 * DAY)});
+    doc["modules"]["reports"] = json!({"enabled": true, "expiresAt": rfc3339_in(200 * DAY)});
     assert_eq!(put_license(d.port(), "acme", &doc).await.0, 200);
     assert_eq!(
         summary(&client.drain(QUIET).await),
@@ -139,7 +133,7 @@ async fn license_changes_publish_module_and_update_events(backend: Backend) {
         ]
     );
 
-    doc["expiresAt"] = json!(at(400 * DAY));
+    doc["expiresAt"] = json!(rfc3339_in(400 * DAY));
     put_license(d.port(), "acme", &doc).await;
     assert_eq!(
         summary(&client.drain(QUIET).await),
@@ -176,7 +170,7 @@ async fn license_changes_publish_module_and_update_events(backend: Backend) {
 
 async fn usage_sequence_warns_exceeds_and_rearms_once_each(backend: Backend) {
     let d = Deployment::start(backend, &[]).await;
-    let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": at(365 * DAY), "limits": {"users": 100}});
+    let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": rfc3339_in(365 * DAY), "limits": {"users": 100}});
     put_license(d.port(), "acme", &doc).await;
     let (mut client, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
     let mut seen = Vec::new();
@@ -236,8 +230,8 @@ async fn expiry_thresholds_and_module_expiry_on_change(backend: Backend) {
     let d = Deployment::start(backend, &[]).await;
     let (mut client, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
     // Created five days before expiry: one notice, for the smallest crossed threshold (7).
-    let expires = at(5 * DAY - 60);
-    let module_expiry = at(-60);
+    let expires = rfc3339_in(5 * DAY - 60);
+    let module_expiry = rfc3339_in(-60);
     let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": expires,
                      "modules": {"analytics": {"enabled": true, "expiresAt": module_expiry}}});
     assert_eq!(put_license(d.port(), "acme", &doc).await.0, 201);
@@ -263,7 +257,7 @@ async fn expiry_thresholds_and_module_expiry_on_change(backend: Backend) {
         ]
     );
     // Renewed: a new expiry date, 20 days ahead, owes its 30-day notice.
-    let renewed = at(20 * DAY - 60);
+    let renewed = rfc3339_in(20 * DAY - 60);
     let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": renewed});
     put_license(d.port(), "acme", &doc).await;
     let events = summary(&client.drain(QUIET).await);
@@ -292,8 +286,8 @@ async fn deadline_fires_within_two_seconds(backend: Backend) {
         .map(|r| Gateway::worker(r, &["--interval", "60"]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut client, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
-    let expires = at(3);
-    let module_expires = at(4);
+    let expires = rfc3339_in(3);
+    let module_expires = rfc3339_in(4);
     let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": expires,
                      "modules": {"analytics": {"enabled": true, "expiresAt": module_expires}}});
     assert_eq!(put_license(d.port(), "acme", &doc).await.0, 201);
@@ -351,7 +345,7 @@ async fn deadline_fires_within_two_seconds(backend: Backend) {
 async fn invalid_documents_are_refused_and_nothing_is_stored(backend: Backend) {
     let d = Deployment::start(backend, &[]).await;
     let (mut client, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
-    let e = at(DAY * 100);
+    let e = rfc3339_in(DAY * 100);
     let cases: Vec<(Value, &str)> = vec![
         (json!("just a string"), "body"),
         (json!({"plan": "pro", "expiresAt": e}), "tenantId"),
@@ -455,9 +449,9 @@ async fn license_status_view(backend: Backend) {
         401
     );
 
-    let active = json!({"tenantId": "acme", "plan": "pro", "expiresAt": at(100 * DAY),
-        "modules": {"analytics": {"enabled": true, "expiresAt": at(50 * DAY)}, "payroll": {"enabled": false},
-                    "old": {"enabled": true, "expiresAt": at(-DAY)}},
+    let active = json!({"tenantId": "acme", "plan": "pro", "expiresAt": rfc3339_in(100 * DAY),
+        "modules": {"analytics": {"enabled": true, "expiresAt": rfc3339_in(50 * DAY)}, "payroll": {"enabled": false},
+                    "old": {"enabled": true, "expiresAt": rfc3339_in(-DAY)}},
         "limits": {"users": 100, "storage_gb": 50}});
     put_license(d.port(), "acme", &active).await;
     put_usage(d.port(), "acme", &json!({"users": 85, "storage_gb": 60})).await;
@@ -486,7 +480,8 @@ async fn license_status_view(backend: Backend) {
         json!({"used": 60, "limit": 50, "percent": 120.0, "state": "exceeded"})
     );
 
-    let expiring = json!({"tenantId": "acme", "plan": "pro", "expiresAt": at(12 * DAY - 60)});
+    let expiring =
+        json!({"tenantId": "acme", "plan": "pro", "expiresAt": rfc3339_in(12 * DAY - 60)});
     put_license(d.port(), "acme", &expiring).await;
     let view = get_license(d.port(), &token).await.1;
     assert_eq!(
@@ -494,7 +489,7 @@ async fn license_status_view(backend: Backend) {
         (json!("expiring"), json!(12))
     );
 
-    let expired = json!({"tenantId": "acme", "plan": "pro", "expiresAt": at(-60),
+    let expired = json!({"tenantId": "acme", "plan": "pro", "expiresAt": rfc3339_in(-60),
         "modules": {"analytics": {"enabled": true}, "payroll": {"enabled": false}}});
     put_license(d.port(), "acme", &expired).await;
     let view = get_license(d.port(), &token).await.1;
@@ -574,7 +569,7 @@ fn owed() -> Vec<String> {
 async fn five_concurrent_worker_runs_publish_each_notice_once() {
     let redis = Redis::start();
     let r = redis.client().await;
-    let past = at(-3600);
+    let past = rfc3339_in(-3600);
     let tenants: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
     for t in &tenants {
         seed_owing_tenant(&r, t, &past).await;
@@ -610,7 +605,7 @@ async fn five_concurrent_worker_runs_publish_each_notice_once() {
 async fn worker_killed_mid_pass_then_rerun_skips_nothing_and_repeats_nothing() {
     let redis = Redis::start();
     let r = redis.client().await;
-    let past = at(-3600);
+    let past = rfc3339_in(-3600);
     let tenants: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
     for t in &tenants {
         seed_owing_tenant(&r, t, &past).await;

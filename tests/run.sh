@@ -23,7 +23,7 @@ if ((${#missing[@]})); then
 fi
 
 # Offline Kubernetes schema validation (PyPI).
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
+if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
   echo "installing: kubernetes-validate"
   python3 -m pip install -q kubernetes-validate
 fi

@@ -98,6 +98,7 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    #[tracing::instrument(name = "publish", skip_all, fields(engine = "memory", tenant = %tenant, events = change.events.len()))]
     async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
         let mut tenants = self.lock_tenants()?;
         let log = tenants.entry(tenant.to_owned()).or_default();

@@ -484,6 +484,7 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
+    #[tracing::instrument(name = "publish", skip_all, fields(engine = "redis", tenant = %tenant, events = change.events.len()))]
     async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
         let parts: Vec<(String, String)> =
             change.events.iter().map(|d| d.envelope_parts()).collect();

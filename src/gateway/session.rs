@@ -63,7 +63,7 @@ pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
     // Paired with `session_ended` below, whatever happens in between.
     metrics::session_opened();
     let connection_id = format!("{}-{}", state.settings.node_id, state.next_connection_id());
-    let span = tracing::info_span!("session", %tenant, connection = %connection_id);
+    let span = tracing::info_span!("session", %tenant, node = %state.settings.node_id, connection = %connection_id);
     let reason = {
         let session = Session {
             socket: &mut socket,

@@ -603,6 +603,42 @@ pub fn sign_with(alg: jsonwebtoken::Algorithm, secret: &[u8], claims: &Value) ->
     jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).unwrap()
 }
 
+/// RFC 3339 (whole seconds, UTC) of now plus `secs`.
+pub fn rfc3339_in(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.replace_nanosecond(0)
+        .expect("zero nanoseconds")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+}
+
+/// A WebSocket client on a socket with a tiny receive buffer, meant never to read: the
+/// server's writes to it stall and its queue overflows.
+pub async fn stalled_client(port: u16, url: &str, token: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    tokio_tungstenite::client_async(format!("{url}?token={token}"), stream)
+        .await
+        .expect("stalled client upgrade")
+        .0
+}
+
+/// Reads everything the server sent until its close frame; returns the code and reason.
+pub async fn final_close(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
+    tokio::time::timeout(within, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server closed the connection in time")
+}
+
 /// Unix seconds now.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
