@@ -331,7 +331,7 @@ pub fn check_channel_payload(tenant: &str, payload: &[u8]) -> Result<Checked, Ch
     let published_ms = probe
         .timestamp
         .and_then(|t| OffsetDateTime::parse(&t, &Rfc3339).ok())
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
+        .map(unix_ms);
     Ok(Checked {
         id: probe.id.and_then(|id| id.parse().ok()),
         published_ms,
@@ -402,6 +402,11 @@ impl ServerMessage<'_> {
         // Enum of strings and integers: serialization cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// Unix milliseconds of `t` (0 before the epoch).
+pub fn unix_ms(t: OffsetDateTime) -> u64 {
+    (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
 }
 
 /// Current Unix time in milliseconds.

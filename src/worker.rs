@@ -15,7 +15,7 @@ use crate::engine::{
 };
 use crate::license::document::{License, Usage};
 use crate::license::rules::{self, Notice, Plan, Rules};
-use crate::protocol::{EventDraft, rfc3339_millis};
+use crate::protocol::{EventDraft, now_ms, rfc3339_millis, unix_ms};
 
 /// How often a looping validator looks for tenants whose deadline has come.
 pub const DEADLINE_POLL: Duration = Duration::from_millis(500);
@@ -134,8 +134,7 @@ impl Validator {
             if conflict {
                 continue;
             }
-            let next = rules::next_deadline(&license, &self.rules, now)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
+            let next = rules::next_deadline(&license, &self.rules, now).map(unix_ms);
             self.engine.set_deadline(tenant, next).await?;
             return Ok(published);
         }
@@ -248,9 +247,8 @@ impl Validator {
 
     /// Checks the tenants whose deadline has come.
     pub async fn due(&self) -> Result<usize, ValidatorError> {
-        let now_ms = (now().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
         let mut events = 0;
-        for tenant in self.engine.due_tenants(now_ms).await? {
+        for tenant in self.engine.due_tenants(now_ms()).await? {
             match self.check_tenant(&tenant).await {
                 Ok(published) => events += published.len(),
                 Err(error) => tracing::warn!(%tenant, %error, "tenant check failed"),

@@ -3,7 +3,7 @@
 //!
 //! Layout (SPEC §5): every key of tenant `T` carries the hash tag `{T}`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -239,10 +239,6 @@ struct RedisState {
     subscriptions_ok: AtomicBool,
     /// Last command-connection health check succeeded.
     commands_ok: AtomicBool,
-    /// Pub/sub messages lost to a lagging receive loop (never silent: logged and counted).
-    lagged: AtomicU64,
-    /// Channel payloads dropped as malformed.
-    dropped: AtomicU64,
 }
 
 fn unavailable(e: fred::error::Error) -> EngineError {
@@ -297,14 +293,6 @@ impl RedisEngine {
         builder
     }
 
-    /// Health of the pub/sub side, for tests and metrics: messages lost to lag, payloads dropped.
-    pub fn counters(&self) -> (u64, u64) {
-        (
-            self.state.lagged.load(Ordering::Relaxed),
-            self.state.dropped.load(Ordering::Relaxed),
-        )
-    }
-
     fn subscriber(&self) -> Result<&SubscriberClient, EngineError> {
         self.subscriber
             .get()
@@ -314,7 +302,7 @@ impl RedisEngine {
 
 /// Hands one pub/sub message to the sink after checking it (SPEC §2: garbage is dropped, logged
 /// and counted, never forwarded).
-fn dispatch(message: fred::types::Message, sink: &dyn EventSink, state: &RedisState) {
+fn dispatch(message: fred::types::Message, sink: &dyn EventSink) {
     let channel: &str = &message.channel;
     let Some(tenant) = tenant_of_channel(channel) else {
         return;
@@ -323,7 +311,6 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink, state: &RedisSt
         Value::String(s) => s.into_inner(),
         Value::Bytes(b) => b,
         other => {
-            state.dropped.fetch_add(1, Ordering::Relaxed);
             crate::metrics::payload_dropped();
             tracing::warn!(tenant, kind = ?other.kind(), "dropped non-string payload on tenant channel");
             return;
@@ -338,7 +325,6 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink, state: &RedisSt
             checked.id
         }
         Err(error) => {
-            state.dropped.fetch_add(1, Ordering::Relaxed);
             crate::metrics::payload_dropped();
             tracing::warn!(tenant, %error, "dropped payload on tenant channel");
             return;
@@ -347,7 +333,6 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink, state: &RedisSt
     match Utf8Bytes::try_from(bytes) {
         Ok(payload) => sink.deliver(tenant, id, payload),
         Err(_) => {
-            state.dropped.fetch_add(1, Ordering::Relaxed);
             crate::metrics::payload_dropped();
             tracing::warn!(tenant, "dropped non-UTF-8 payload on tenant channel");
         }
@@ -378,7 +363,6 @@ impl Engine for RedisEngine {
 
         // Receive loop: forwards every message; a lag is logged, counted and refilled.
         let keeper_sink = sink.clone();
-        let state = self.state.clone();
         let stop = shutdown.clone();
         tracker.spawn(async move {
             loop {
@@ -389,10 +373,9 @@ impl Engine for RedisEngine {
                 match message {
                     Ok(message) => {
                         let Some(sink) = sink.upgrade() else { break };
-                        dispatch(message, sink.as_ref(), &state);
+                        dispatch(message, sink.as_ref());
                     }
                     Err(RecvError::Lagged(n)) => {
-                        state.lagged.fetch_add(n, Ordering::Relaxed);
                         crate::metrics::pubsub_lagged(n);
                         tracing::error!(
                             lost = n,

@@ -165,8 +165,6 @@ pub struct Hub {
     queue_len: usize,
     unsubscribe_delay: Duration,
     next_id: AtomicU64,
-    /// Events handed to sessions (for tests and metrics).
-    deliveries: AtomicU64,
     /// Signalled when sessions join or leave, so the node registry refreshes promptly.
     changed: Notify,
     /// Signalled when held tenants should be filled from history.
@@ -191,7 +189,6 @@ impl Hub {
             queue_len,
             unsubscribe_delay,
             next_id: AtomicU64::new(1),
-            deliveries: AtomicU64::new(0),
             changed: Notify::new(),
             gap: Notify::new(),
             tracker,
@@ -351,11 +348,6 @@ impl Hub {
     pub async fn changed(&self) {
         self.changed.notified().await
     }
-
-    /// Events handed to sessions so far.
-    pub fn deliveries(&self) -> u64 {
-        self.deliveries.load(Ordering::Relaxed)
-    }
 }
 
 /// Hands one message to every session of a tenant; returns how many took it.
@@ -367,19 +359,18 @@ fn fan_out(entry: &TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64
             delivered += 1;
         }
     }
-    crate::metrics::event_fanned_out(delivered);
     delivered
 }
 
 /// Delivers an event unless it is not newer than the last one (a duplicate from a gap fill).
-fn deliver_in_order(entry: &mut TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64 {
+fn deliver_in_order(entry: &mut TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) {
     if let Some(id) = id {
         if entry.last_id.is_some_and(|last| id <= last) {
-            return 0;
+            return;
         }
         entry.last_id = Some(id);
     }
-    fan_out(entry, id, payload)
+    crate::metrics::event_fanned_out(fan_out(entry, id, payload));
 }
 
 impl Hub {
@@ -425,7 +416,6 @@ impl Hub {
         let Some(entry) = shard.get_mut(tenant) else {
             return true;
         };
-        let mut delivered = 0;
         let lost = match history {
             Err(error) => {
                 tracing::warn!(tenant = &**tenant, %error, "gap fill failed; retrying");
@@ -435,7 +425,7 @@ impl Hub {
                 let filled = events.len();
                 entry.last_id = entry.last_id.max(last);
                 for (id, payload) in events {
-                    delivered += deliver_in_order(entry, Some(id), &payload);
+                    deliver_in_order(entry, Some(id), &payload);
                 }
                 if filled > 0 {
                     tracing::info!(
@@ -467,11 +457,9 @@ impl Hub {
             entry.last_id = None;
         }
         for (id, payload) in entry.pending.take().unwrap_or_default() {
-            delivered += deliver_in_order(entry, id, &payload);
+            deliver_in_order(entry, id, &payload);
         }
         entry.overflow = false;
-        drop(shard);
-        self.deliveries.fetch_add(delivered, Ordering::Relaxed);
         true
     }
 
@@ -517,9 +505,7 @@ impl EventSink for Hub {
             }
             return;
         }
-        let delivered = deliver_in_order(entry, id, &payload);
-        drop(shard);
-        self.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        deliver_in_order(entry, id, &payload);
     }
 
     fn gap_begins(&self) {
