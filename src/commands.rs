@@ -70,7 +70,7 @@ fn random_string(len: usize) -> String {
 }
 
 /// The default node id: host name plus a random suffix, so restarts are distinguishable.
-fn default_node_id() -> String {
+pub fn default_node_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -313,6 +313,49 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
         Arc::new(connect_redis(url, history, &shutdown).await?)
     };
     let validator = Arc::new(crate::worker::Validator::new(engine, rules));
+    let metrics_server = match args.metrics_addr {
+        Some(addr) => Some(serve_metrics(addr, shutdown.clone()).await?),
+        None => None,
+    };
+    let result = run_validator(args, validator, shutdown.clone()).await;
+    // A `--once` run ends its metrics listener with it.
+    shutdown.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    result
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, CommandError> {
+    crate::metrics::install();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| CommandError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    tracing::info!(%addr, "worker metrics listening");
+    let app = crate::api::probe_routes::<()>();
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "worker metrics listener failed");
+        }
+    }))
+}
+
+/// The validator's pass (`--once`) or loop.
+async fn run_validator(
+    args: &WorkerArgs,
+    validator: Arc<crate::worker::Validator>,
+    shutdown: CancellationToken,
+) -> Result<(), CommandError> {
     if args.once {
         let summary = validator.pass().await?;
         if summary.failed > 0 {

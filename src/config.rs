@@ -120,6 +120,9 @@ pub struct WorkerArgs {
     /// History retention applied when trimming.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// Serve `/metrics` and `/healthz` on this address (e.g. `0.0.0.0:9100`); unset = none.
+    #[arg(long, env = "METRICS_ADDR", value_name = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Redis connection.

@@ -6,9 +6,10 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use license_gateway::commands::{self, CommandError};
 use license_gateway::config::{Cli, Command};
+use license_gateway::telemetry::ServiceIdentity;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
             if matches!(
@@ -28,7 +29,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    license_gateway::telemetry::init(cli.log_format);
+    let identity = service_identity(&mut cli.command);
+    let telemetry = match license_gateway::telemetry::init(cli.log_format, &identity) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -45,6 +53,9 @@ fn main() -> ExitCode {
             Command::Healthcheck(args) => commands::healthcheck(&args).await,
         }
     });
+    // Spans still queued (all of a short `publish`) are exported once the runtime is gone.
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -52,4 +63,24 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The trace resource's identity. A node's instance id is its node id, fixed here (before the
+/// command runs) so logs, traces and stats name the node alike.
+fn service_identity(command: &mut Command) -> ServiceIdentity {
+    let role = match command {
+        Command::Serve(_) => "serve",
+        Command::Token(_) => "token",
+        Command::Publish(_) => "publish",
+        Command::Worker(_) => "worker",
+        Command::Healthcheck(_) => "healthcheck",
+    };
+    let instance_id = match command {
+        Command::Serve(args) => args
+            .node_id
+            .get_or_insert_with(commands::default_node_id)
+            .clone(),
+        _ => commands::default_node_id(),
+    };
+    ServiceIdentity { role, instance_id }
 }

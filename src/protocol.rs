@@ -246,8 +246,9 @@ impl EventDraft {
     }
 
     /// The envelope JSON split around the id: `prefix + id + suffix` is the full envelope, with
-    /// `id` as the first field (SPEC §3 field order).
-    pub fn envelope_parts(&self) -> (String, String) {
+    /// `id` as the first field (SPEC §3 field order). `traceparent` (W3C trace context, only
+    /// while traces are exported) becomes a last field, an extension clients may ignore.
+    pub fn envelope_parts(&self, traceparent: Option<&str>) -> (String, String) {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Rest<'a> {
@@ -257,6 +258,8 @@ impl EventDraft {
             severity: Severity,
             timestamp: &'a str,
             data: &'a Map<String, Value>,
+            #[serde(skip_serializing_if = "Option::is_none", rename = "traceparent")]
+            traceparent: Option<&'a str>,
         }
         let rest = serde_json::to_string(&Rest {
             event_type: self.event_type,
@@ -264,6 +267,7 @@ impl EventDraft {
             severity: self.event_type.severity(),
             timestamp: &self.timestamp,
             data: &self.data,
+            traceparent,
         })
         // A struct of strings and a JSON map cannot fail to serialize.
         .unwrap_or_else(|_| "{}".to_owned());
@@ -273,8 +277,8 @@ impl EventDraft {
     }
 
     /// The complete envelope JSON for an assigned id.
-    pub fn envelope_json(&self, id: EventId) -> String {
-        let (prefix, suffix) = self.envelope_parts();
+    pub fn envelope_json(&self, id: EventId, traceparent: Option<&str>) -> String {
+        let (prefix, suffix) = self.envelope_parts(traceparent);
         format!("{prefix}{id}{suffix}")
     }
 }
@@ -294,15 +298,20 @@ pub struct ChannelProbe<'a> {
     /// Publish time (for latency metrics), when present.
     #[serde(default, borrow)]
     pub timestamp: Option<std::borrow::Cow<'a, str>>,
+    /// The publisher's W3C trace context, when it was tracing.
+    #[serde(default, borrow)]
+    pub traceparent: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// What a gateway learns from a checked channel payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Checked {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<'a> {
     /// The envelope id, when it has a valid one.
     pub id: Option<EventId>,
     /// The publish timestamp in Unix milliseconds, when it has a valid one.
     pub published_ms: Option<u64>,
+    /// The publisher's trace context, when present.
+    pub traceparent: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Why a channel payload was dropped instead of forwarded.
@@ -321,7 +330,10 @@ pub enum ChannelPayloadError {
 
 /// Checks a payload from tenant `tenant`'s channel (SPEC §2): it must be a JSON object with a
 /// string `type` and a `tenantId` equal to the channel's tenant. Returns its id, when it has one.
-pub fn check_channel_payload(tenant: &str, payload: &[u8]) -> Result<Checked, ChannelPayloadError> {
+pub fn check_channel_payload<'a>(
+    tenant: &str,
+    payload: &'a [u8],
+) -> Result<Checked<'a>, ChannelPayloadError> {
     let probe: ChannelProbe<'_> = serde_json::from_slice(payload)?;
     if probe.tenant_id != tenant {
         return Err(ChannelPayloadError::WrongTenant {
@@ -335,6 +347,7 @@ pub fn check_channel_payload(tenant: &str, payload: &[u8]) -> Result<Checked, Ch
     Ok(Checked {
         id: probe.id.and_then(|id| id.parse().ok()),
         published_ms,
+        traceparent: probe.traceparent,
     })
 }
 
@@ -457,11 +470,15 @@ mod tests {
         data.insert("metric".into(), "users".into());
         let mut draft = EventDraft::new("acme", EventType::UsageLimitWarning, data);
         draft.timestamp = "2026-11-29T12:00:00.000Z".into();
-        let json = draft.envelope_json("5-1".parse().unwrap());
+        let json = draft.envelope_json("5-1".parse().unwrap(), None);
         assert_eq!(
             json,
             r#"{"id":"5-1","type":"usage_limit_warning","tenantId":"acme","severity":"warning","timestamp":"2026-11-29T12:00:00.000Z","data":{"metric":"users"}}"#
         );
+        let traced = draft.envelope_json("5-1".parse().unwrap(), Some("00-ab-cd-01"));
+        assert!(traced.ends_with(r#""data":{"metric":"users"},"traceparent":"00-ab-cd-01"}"#));
+        let checked = check_channel_payload("acme", traced.as_bytes()).unwrap();
+        assert_eq!(checked.traceparent.as_deref(), Some("00-ab-cd-01"));
     }
 
     #[test]

@@ -6,12 +6,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use fred::prelude::*;
 use serde_json::json;
 
 /// Scrapes `/metrics` into `name{labels}` → value.
 async fn scrape(port: u16) -> HashMap<String, f64> {
     let (status, text) = http(port, "GET", "/metrics", None, None).await.unwrap();
     assert_eq!(status, 200);
+    parse(&text)
+}
+
+/// Prometheus text into `name{labels}` → value.
+fn parse(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {
@@ -142,4 +148,60 @@ async fn counters_move_by_the_right_amounts() {
         !text.contains("acme") && !text.contains("globex"),
         "no tenant ids in labels"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_worker_serves_its_own_metrics() {
+    let redis = Redis::start();
+    let node = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let license = json!({
+        "tenantId": "acme", "plan": "pro", "expiresAt": rfc3339_in(90 * 86_400),
+        "modules": {}, "limits": {"users": 10}
+    });
+    let (status, body) = http(
+        node.port,
+        "PUT",
+        "/api/admin/tenants/acme/license",
+        Some(&admin_token()),
+        Some(&license.to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    // Usage written behind the API's back: only the worker's pass can notice it.
+    let client = redis.client().await;
+    let _: () = client
+        .hset("license:usage:{acme}", ("users", "9"))
+        .await
+        .unwrap();
+
+    let metrics_port = free_port();
+    let worker = Gateway::spawn_args(
+        &["worker"],
+        GatewayOptions::redis(&redis)
+            .env("WORKER_INTERVAL_SECS", "1")
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+    );
+    let m = eventually(WAIT, "two worker passes", || async {
+        let m = http(metrics_port, "GET", "/metrics", None, None)
+            .await
+            .ok()?;
+        let m = parse(&m.1);
+        (get(&m, "license_gateway_worker_passes_total") >= 2.0).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        get(
+            &m,
+            "license_gateway_notices_total{type=\"usage_limit_warning\"}"
+        ),
+        1.0,
+        "one notice however many passes: {}",
+        worker.log_tail()
+    );
+    assert!(get(&m, "license_gateway_worker_pass_duration_seconds_count") >= 2.0);
+    let (status, _) = http(metrics_port, "GET", "/healthz", None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
 }

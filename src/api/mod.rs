@@ -14,12 +14,18 @@ use crate::gateway::AppState;
 /// Largest accepted request body (SPEC §4: larger ones get 413).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The API routes, to merge into the node's router.
-pub fn routes() -> Router<AppState> {
+/// Liveness and metrics, which need no node state: served by the gateway and by a worker with
+/// `METRICS_ADDR`.
+pub fn probe_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+}
+
+/// The API routes, to merge into the node's router.
+pub fn routes() -> Router<AppState> {
+    probe_routes()
+        .route("/readyz", get(health::readyz))
         .route(
             "/api/admin/tenants/{tenant}/events",
             post(admin::publish_event),

@@ -58,14 +58,14 @@ impl MemoryEngine {
 
     /// Numbers, retains and delivers one event; the caller holds the tenants lock, so delivery
     /// order is id order.
-    fn append(&self, log: &mut TenantLog, draft: &EventDraft) -> Published {
+    fn append(&self, log: &mut TenantLog, draft: &EventDraft, trace: Option<&str>) -> Published {
         let now = now_ms();
         let id = match log.last {
             Some(last) => last.next_after(now),
             None => EventId { ms: now, seq: 0 },
         };
         log.last = Some(id);
-        let payload = Utf8Bytes::from(draft.envelope_json(id));
+        let payload = Utf8Bytes::from(draft.envelope_json(id, trace));
         crate::metrics::event_published(draft.event_type);
         log.entries.push_back((id, payload.clone()));
         while log.entries.len() > self.history.size as usize {
@@ -98,7 +98,7 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    #[tracing::instrument(name = "publish", skip_all, fields(engine = "memory", tenant = %tenant, events = change.events.len()))]
+    #[tracing::instrument(name = "publish", skip_all, fields(otel.kind = "producer", engine = "memory", tenant = %tenant, events = change.events.len()))]
     async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
         let mut tenants = self.lock_tenants()?;
         let log = tenants.entry(tenant.to_owned()).or_default();
@@ -124,10 +124,11 @@ impl Engine for MemoryEngine {
                 None => record.notices.remove(&swap.field),
             };
         }
+        let trace = crate::telemetry::current_traceparent();
         let published = change
             .events
             .iter()
-            .map(|draft| self.append(log, draft))
+            .map(|draft| self.append(log, draft, trace.as_deref()))
             .collect();
         Ok(Applied::Done(published))
     }

@@ -316,13 +316,29 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink) {
             return;
         }
     };
-    let id = match check_channel_payload(tenant, &bytes) {
+    let (id, receive_span) = match check_channel_payload(tenant, &bytes) {
         Ok(checked) => {
             if let Some(published) = checked.published_ms {
                 let now = now_ms() as f64;
                 crate::metrics::delivery_latency(((now - published as f64) / 1000.0).max(0.0));
             }
-            checked.id
+            // This node's part of the publisher's trace, when both sides export.
+            let span = match &checked.traceparent {
+                Some(parent) if crate::telemetry::exporting() => {
+                    let span = tracing::info_span!(
+                        "receive",
+                        otel.kind = "consumer",
+                        messaging.system = "redis",
+                        messaging.destination.name = channel,
+                        messaging.message.id = checked.id.map(tracing::field::display),
+                        tenant
+                    );
+                    crate::telemetry::set_remote_parent(&span, parent);
+                    span
+                }
+                _ => tracing::Span::none(),
+            };
+            (checked.id, span)
         }
         Err(error) => {
             crate::metrics::payload_dropped();
@@ -330,6 +346,7 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink) {
             return;
         }
     };
+    let _entered = receive_span.entered();
     match Utf8Bytes::try_from(bytes) {
         Ok(payload) => sink.deliver(tenant, id, payload),
         Err(_) => {
@@ -467,10 +484,14 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
-    #[tracing::instrument(name = "publish", skip_all, fields(engine = "redis", tenant = %tenant, events = change.events.len()))]
+    #[tracing::instrument(name = "publish", skip_all, fields(otel.kind = "producer", engine = "redis", tenant = %tenant, events = change.events.len()))]
     async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
-        let parts: Vec<(String, String)> =
-            change.events.iter().map(|d| d.envelope_parts()).collect();
+        let trace = crate::telemetry::current_traceparent();
+        let parts: Vec<(String, String)> = change
+            .events
+            .iter()
+            .map(|d| d.envelope_parts(trace.as_deref()))
+            .collect();
         let (doc_check, doc_expect) = match &change.doc_expect {
             Expect::Any => (false, None),
             Expect::Absent => (true, None),
@@ -506,11 +527,20 @@ impl Engine for RedisEngine {
             "PUBLISH".into(),
             spec.into(),
         ];
-        let reply: Vec<String> = self
-            .apply_script
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(unavailable)?;
+        // The Redis hop of the publish trace (OpenTelemetry database client conventions).
+        let redis_span = tracing::info_span!(
+            "redis EVALSHA",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA"
+        );
+        let reply: Vec<String> = tracing::Instrument::instrument(
+            self.apply_script
+                .evalsha_with_reload(&self.client, keys, args),
+            redis_span,
+        )
+        .await
+        .map_err(unavailable)?;
         match reply.split_first() {
             Some((status, _)) if status == "conflict" => Ok(Applied::Conflict),
             Some((status, ids)) if status == "ok" && ids.len() == parts.len() => {

@@ -352,6 +352,13 @@ impl Hub {
 
 /// Hands one message to every session of a tenant; returns how many took it.
 fn fan_out(entry: &TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64 {
+    // One span per event and node, never per recipient; none at all unless traces export.
+    let span = if crate::telemetry::exporting() {
+        tracing::info_span!("deliver", recipients = tracing::field::Empty)
+    } else {
+        tracing::Span::none()
+    };
+    let _entered = span.enter();
     let mut delivered = 0;
     for outbox in entry.sessions.values() {
         // A clone of `Utf8Bytes` is a reference count: every recipient shares one buffer.
@@ -359,6 +366,7 @@ fn fan_out(entry: &TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64
             delivered += 1;
         }
     }
+    span.record("recipients", delivered);
     delivered
 }
 

@@ -380,6 +380,95 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_license-gateway")
 }
 
+/// Requests an [`OtlpReceiver`] got: path and body.
+type Requests = std::sync::Mutex<Vec<(String, Vec<u8>)>>;
+
+/// A minimal OTLP/HTTP receiver: accepts `POST /v1/traces` on a free loopback port, answers
+/// 200, and keeps every request body (protobuf) for the test to decode. Stops on drop.
+pub struct OtlpReceiver {
+    pub port: u16,
+    bodies: std::sync::Arc<Requests>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind otlp receiver");
+        let port = listener.local_addr().expect("addr").port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, st) = (bodies.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let b = b.clone();
+                std::thread::spawn(move || Self::serve(stream, &b));
+            }
+        });
+        Self { port, bodies, stop }
+    }
+
+    /// Serves one keep-alive connection: requests with a Content-Length body.
+    fn serve(mut stream: TcpStream, bodies: &Requests) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + length {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body = buf[head_end..head_end + length].to_vec();
+            buf.drain(..head_end + length);
+            bodies.lock().unwrap().push((path, body));
+            let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+            if stream.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` for processes that export here.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every request received so far: path and body.
+    pub fn requests(&self) -> Vec<(String, Vec<u8>)> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
 /// A gateway process.
 pub struct Gateway {
     child: Option<Child>,
