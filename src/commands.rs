@@ -40,6 +40,9 @@ pub enum CommandError {
     /// Exit 1: the server failed.
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
+    /// Exit 1: the load test could not run.
+    #[error(transparent)]
+    Loadtest(#[from] crate::loadtest::LoadtestError),
     /// Exit 1: the listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -54,7 +57,9 @@ impl CommandError {
     /// Process exit code: 2 for bad configuration or input, 1 for runtime failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Usage(_) => 2,
+            Self::Config(_)
+            | Self::Usage(_)
+            | Self::Loadtest(crate::loadtest::LoadtestError::Config(_)) => 2,
             _ => 1,
         }
     }

@@ -41,6 +41,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Exit 0 when the local node answers `GET /healthz` (container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Load generator for one node: idle connections or fan-out, measured (BENCHMARKS.md).
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 /// `healthcheck`: probe the local node.

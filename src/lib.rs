@@ -20,7 +20,8 @@
 //! - [`commands`]: what each subcommand does; `main.rs` only parses and dispatches.
 //! - [`web`]: the browser client (`/client.js`) and the demo page (`/`), embedded.
 //! - [`metrics`]: Prometheus metrics, rendered at `/metrics`.
-//! - [`telemetry`], [`shutdown`]: logs, signals.
+//! - [`loadtest`]: the `loadtest` load generator (BENCHMARKS.md).
+//! - [`telemetry`], [`shutdown`]: logs and traces, signals.
 
 pub mod api;
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod config;
 pub mod engine;
 pub mod gateway;
 pub mod license;
+pub mod loadtest;
 pub mod metrics;
 pub mod protocol;
 pub mod shutdown;

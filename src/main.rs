@@ -37,7 +37,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The load generator is one thread by design (it shares the machine with the server).
+    let runtime = if matches!(cli.command, Command::Loadtest(_)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -51,6 +59,13 @@ fn main() -> ExitCode {
             Command::Publish(args) => commands::publish(&args).await.map(|id| println!("{id}")),
             Command::Worker(args) => commands::worker(&args).await,
             Command::Healthcheck(args) => commands::healthcheck(&args).await,
+            Command::Loadtest(args) => {
+                let local = tokio::task::LocalSet::new();
+                local
+                    .run_until(license_gateway::loadtest::run(args))
+                    .await
+                    .map_err(CommandError::from)
+            }
         }
     });
     // Spans still queued (all of a short `publish`) are exported once the runtime is gone.
@@ -74,6 +89,7 @@ fn service_identity(command: &mut Command) -> ServiceIdentity {
         Command::Publish(_) => "publish",
         Command::Worker(_) => "worker",
         Command::Healthcheck(_) => "healthcheck",
+        Command::Loadtest(_) => "loadtest",
     };
     let instance_id = match command {
         Command::Serve(args) => args

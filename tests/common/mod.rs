@@ -591,6 +591,11 @@ impl Gateway {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child

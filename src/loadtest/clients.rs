@@ -1,0 +1,307 @@
+//! The load generator's WebSocket clients: opening them from several source addresses, and one
+//! small task per connection that reads frames and tallies the events it sees.
+
+use std::cell::{Cell, RefCell};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::{CommonArgs, LoadtestError};
+use crate::auth::Signer;
+use crate::protocol::EventId;
+
+/// One client connection.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long one connection may take to reach `connected`.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The result of opening every connection.
+pub struct Opened {
+    /// Open connections with their tenant's number.
+    pub streams: Vec<(usize, Ws)>,
+    /// Connections that failed, and the first reason.
+    pub failures: usize,
+    /// Why the first failure failed.
+    pub first_error: Option<String>,
+    /// From the first connect to the last `connected`.
+    pub elapsed: Duration,
+}
+
+/// Opens `common.connections` connections, tenant `i % tenants` for the i-th, at most
+/// `concurrency` handshakes at a time, each one complete when `connected` arrived.
+pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
+    let signer = Signer::from_args(&common.auth)?;
+    let tokens: Vec<HeaderValue> = (0..common.tenants)
+        .map(|t| {
+            let token = signer.mint(Some(&common.tenant(t)), false, 24 * 3600);
+            HeaderValue::from_str(&format!("license.v1, bearer.{token}"))
+                .map_err(|e| LoadtestError::Connect(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let url = format!("ws://{}/ws/license", common.target);
+    let started = Instant::now();
+    let results: Vec<(usize, Result<Ws, String>)> =
+        futures_util::stream::iter(0..common.connections)
+            .map(|i| {
+                let tenant = i % common.tenants;
+                let source = Ipv4Addr::new(127, 0, 0, 1 + (i % common.sources as usize) as u8);
+                let protocols = tokens[tenant].clone();
+                let url = url.as_str();
+                async move {
+                    let opened = tokio::time::timeout(
+                        OPEN_TIMEOUT,
+                        open_one(url, common.target, source, protocols),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".to_owned()));
+                    (tenant, opened)
+                }
+            })
+            .buffer_unordered(common.concurrency)
+            .collect()
+            .await;
+    let elapsed = started.elapsed();
+    let mut opened = Opened {
+        streams: Vec::with_capacity(results.len()),
+        failures: 0,
+        first_error: None,
+        elapsed,
+    };
+    for (tenant, result) in results {
+        match result {
+            Ok(ws) => opened.streams.push((tenant, ws)),
+            Err(e) => {
+                opened.failures += 1;
+                opened.first_error.get_or_insert(e);
+            }
+        }
+    }
+    if opened.streams.is_empty() {
+        return Err(LoadtestError::Connect(
+            opened.first_error.unwrap_or_default(),
+        ));
+    }
+    Ok(opened)
+}
+
+/// One connection from `source`, token in the subprotocol list, until `connected`.
+async fn open_one(
+    url: &str,
+    target: SocketAddr,
+    source: Ipv4Addr,
+    protocols: HeaderValue,
+) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket.connect(target).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocols);
+    // Small buffers: the generator holds as many sockets as the server.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"type\":\"connected\"") => Ok(ws),
+        Some(Ok(Message::Close(frame))) => Err(format!(
+            "closed: {}",
+            frame
+                .map(|f| format!("{} {}", f.code, f.reason))
+                .unwrap_or_default()
+        )),
+        other => Err(format!("expected connected, got {other:?}")),
+    }
+}
+
+/// What all connections share: the latency histogram and running totals.
+pub struct Shared {
+    /// Time zero of the `t` field publishers stamp into events (µs since then).
+    pub epoch: Instant,
+    /// Publish → receive latency, µs.
+    pub latency: RefCell<Histogram<u64>>,
+    /// Distinct events received, over all connections.
+    pub delivered: Cell<u64>,
+    /// When the last of them arrived.
+    pub last_receive: Cell<Option<Instant>>,
+}
+
+impl Shared {
+    /// Empty totals; latencies up to 60 s at 3 significant digits.
+    pub fn new() -> Rc<Self> {
+        let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"));
+        Rc::new(Self {
+            epoch: Instant::now(),
+            latency: RefCell::new(latency),
+            delivered: Cell::new(0),
+            last_receive: Cell::new(None),
+        })
+    }
+
+    /// Microseconds since [`Shared::epoch`].
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+/// One connection's view of the events it received.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Distinct events.
+    pub received: u64,
+    /// Events seen twice.
+    pub duplicates: u64,
+    /// Events whose id was not above the previous one's.
+    pub reordered: u64,
+    /// Events of another tenant.
+    pub foreign: u64,
+    /// Text frames that were not a load-test event.
+    pub other: u64,
+    /// Why the connection ended before it was told to stop.
+    pub ended: Option<String>,
+    seen: Vec<u64>,
+    last_id: Option<EventId>,
+}
+
+impl Tally {
+    /// Marks sequence number `seq`; false when it was seen before.
+    fn first_sighting(&mut self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.seen.len() <= word {
+            self.seen.resize(word + 1, 0);
+        }
+        let fresh = self.seen[word] & (1 << bit) == 0;
+        self.seen[word] |= 1 << bit;
+        fresh
+    }
+}
+
+/// The unsigned integer after `"key":` in `text`, without parsing the whole JSON.
+fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The envelope id at the start of an event (`{"id":"<ms>-<seq>",…`).
+fn envelope_id(text: &[u8]) -> Option<EventId> {
+    let rest = text.strip_prefix(b"{\"id\":\"")?;
+    let end = rest.iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Reads `ws` until `stop`, tallying load-test events (`data` = `{"k":tenant,"seq":n,"t":µs}`).
+pub async fn drive(
+    mut ws: Ws,
+    tenant: usize,
+    shared: Rc<Shared>,
+    stop: CancellationToken,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => break,
+            f = ws.next() => f,
+        };
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let bytes = text.as_bytes();
+                let (Some(k), Some(seq), Some(t)) = (
+                    number_after(bytes, b"\"k\":"),
+                    number_after(bytes, b"\"seq\":"),
+                    number_after(bytes, b"\"t\":"),
+                ) else {
+                    tally.other += 1;
+                    continue;
+                };
+                let now = shared.now_us();
+                if k as usize != tenant {
+                    tally.foreign += 1;
+                    continue;
+                }
+                if !tally.first_sighting(seq) {
+                    tally.duplicates += 1;
+                    continue;
+                }
+                let id = envelope_id(bytes);
+                if id.is_some_and(|id| tally.last_id.is_some_and(|last| id <= last)) {
+                    tally.reordered += 1;
+                }
+                tally.last_id = tally.last_id.max(id);
+                tally.received += 1;
+                let _ = shared
+                    .latency
+                    .borrow_mut()
+                    .record(now.saturating_sub(t).max(1));
+                shared.delivered.set(shared.delivered.get() + 1);
+                shared.last_receive.set(Some(Instant::now()));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                tally.ended = Some(frame.map_or_else(
+                    || "closed".to_owned(),
+                    |f| format!("{} {}", f.code, f.reason),
+                ));
+                break;
+            }
+            // Pings are answered by tungstenite on the next read.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tally.ended = Some(e.to_string());
+                break;
+            }
+            None => {
+                tally.ended = Some("connection ended".to_owned());
+                break;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_fields_are_found_without_a_parser() {
+        let e = br#"{"id":"17-2","type":"module_activated","tenantId":"lt3","severity":"info","timestamp":"2026-01-01T00:00:00.000Z","data":{"k":3,"seq":41,"t":99}}"#;
+        assert_eq!(number_after(e, b"\"k\":"), Some(3));
+        assert_eq!(number_after(e, b"\"seq\":"), Some(41));
+        assert_eq!(number_after(e, b"\"t\":"), Some(99));
+        assert_eq!(envelope_id(e), Some("17-2".parse().unwrap()));
+        assert_eq!(number_after(b"{}", b"\"t\":"), None);
+    }
+
+    #[test]
+    fn tally_spots_duplicates() {
+        let mut t = Tally::default();
+        assert!(t.first_sighting(0));
+        assert!(t.first_sighting(130));
+        assert!(!t.first_sighting(130));
+        assert!(t.first_sighting(64));
+    }
+}

@@ -1,0 +1,226 @@
+//! `license-gateway loadtest`: a load generator for one gateway node, cheap enough to share the
+//! machine with it. One thread (a current-thread runtime), WebSocket clients spread over
+//! several 127.0.0.x source addresses, and the server's CPU and RSS read from `/proc`.
+//!
+//! - [`idle`]: N connections over T tenants, held: connect rate, server CPU per accepted
+//!   connection, server RSS per connection.
+//! - [`fanout`]: the same, then events published at a rate through the product's own publish
+//!   path (the Redis engine, as `publish` and the worker do, or the admin API), with
+//!   publish → receive latency in an HDR histogram, deliveries/s, loss, duplicates and
+//!   reordering.
+//!
+//! [`clients`] opens and drives the connections, [`procstat`] samples processes, [`report`]
+//! prints the human table or one JSON line.
+
+pub mod clients;
+pub mod fanout;
+pub mod idle;
+pub mod procstat;
+pub mod report;
+
+use std::net::SocketAddr;
+
+use clap::{Args, Subcommand};
+
+use crate::config::{AuthArgs, ConfigError, HistoryArgs, RedisArgs};
+
+/// Load-generator failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadtestError {
+    /// Bad arguments.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The publisher could not reach the engine or the API.
+    #[error("publisher: {0}")]
+    Publish(String),
+    /// Not one connection could be opened.
+    #[error("no connection could be opened: {0}")]
+    Connect(String),
+}
+
+/// `loadtest`: which scenario.
+#[derive(Debug, Clone, Args)]
+pub struct LoadtestArgs {
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Load-test scenarios.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// Open N idle connections over T tenants and hold them.
+    Idle(IdleArgs),
+    /// Open N connections, publish at a rate, measure every delivery.
+    Fanout(FanoutArgs),
+}
+
+/// What every scenario needs.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Gateway address (host:port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5000")]
+    pub target: SocketAddr,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Tenants the connections are spread over (round robin).
+    #[arg(long, default_value_t = 10)]
+    pub tenants: usize,
+    /// Tenant ids are this prefix plus a number.
+    #[arg(long, default_value = "lt")]
+    pub tenant_prefix: String,
+    /// Source addresses 127.0.0.1 … 127.0.0.N, so no single source runs out of ports.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub sources: u8,
+    /// Connection handshakes in flight at once.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// The gateway's process id: its CPU and RSS are read from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Secret that mints the tenant (and admin) tokens.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// `loadtest idle`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Connection options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Seconds to hold the connections once all are open.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold_secs: f64,
+}
+
+/// How `fanout` publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishVia {
+    /// Through the Redis engine (needs REDIS_URL), as `publish` and the worker do.
+    Redis,
+    /// Through `POST /api/admin/tenants/{tenant}/events` on the target.
+    Api,
+}
+
+/// `loadtest fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Connection options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Events published per second, over all tenants (round robin).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration_secs: f64,
+    /// Publish exactly this many events instead (at `--rate`).
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Longest wait for outstanding deliveries after the last publish.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_secs: f64,
+    /// Publish path; default: redis when REDIS_URL is set, else the admin API.
+    #[arg(long)]
+    pub via: Option<PublishVia>,
+    /// Publishes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub publish_concurrency: usize,
+    /// Redis connection for `--via redis`.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// History settings the Redis publisher trims with.
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+impl CommonArgs {
+    /// Checks the sizes before anything is opened.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.connections == 0 {
+            return Err(ConfigError::new("--connections", "must be at least 1"));
+        }
+        if self.tenants == 0 || self.tenants > self.connections {
+            return Err(ConfigError::new(
+                "--tenants",
+                "must be from 1 to the number of connections",
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::new("--concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Tenant id number `i`.
+    pub fn tenant(&self, i: usize) -> String {
+        format!("{}{i}", self.tenant_prefix)
+    }
+}
+
+/// Runs the scenario on the current (single-threaded) runtime and prints its report.
+pub async fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
+    let report = match args.scenario {
+        Scenario::Idle(a) => {
+            let json = a.common.json;
+            (idle::run(&a).await?, json)
+        }
+        Scenario::Fanout(a) => {
+            let json = a.common.json;
+            (fanout::run(&a).await?, json)
+        }
+    };
+    match report {
+        (r, true) => println!("{}", r.to_json()),
+        (r, false) => print!("{}", r.to_table()),
+    }
+    Ok(())
+}
+
+/// Opens every connection while sampling the server, and lets it settle: the connection part
+/// of a report, with the open connections.
+async fn connect_phase(
+    scenario: &'static str,
+    common: &CommonArgs,
+) -> Result<(Vec<(usize, clients::Ws)>, report::Report), LoadtestError> {
+    common.check()?;
+    let pid = common.server_pid;
+    let before = procstat::of(pid);
+    let me_before = procstat::this_process();
+    let opened = clients::open_all(common).await?;
+    let after_connect = procstat::of(pid);
+    let me_after = procstat::this_process();
+    let connected = opened.streams.len();
+    // Let the server finish the last subscriptions and its allocator settle before reading RSS.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let settled = procstat::of(pid);
+    let rss_per = match (before, settled) {
+        (Some(b), Some(s)) => Some((s.rss_kib as f64 - b.rss_kib as f64) / connected as f64),
+        _ => None,
+    };
+    let report = report::Report {
+        scenario,
+        connections: common.connections,
+        tenants: common.tenants,
+        sources: common.sources,
+        connected,
+        connect_failures: opened.failures,
+        first_error: opened.first_error,
+        connect_secs: opened.elapsed.as_secs_f64(),
+        server_cpu_ms_per_connection: procstat::cpu_between(before, after_connect)
+            .map(|s| s * 1000.0 / connected as f64),
+        server_rss_before_kib: before.map(|s| s.rss_kib),
+        server_rss_kib: settled.map(|s| s.rss_kib),
+        server_rss_per_connection_kib: rss_per,
+        loadgen_connect_cpu_secs: procstat::cpu_between(me_before, me_after),
+        loadgen_rss_kib: procstat::this_process().map(|s| s.rss_kib),
+        dropped_connections: 0,
+        delivery: None,
+    };
+    Ok((opened.streams, report))
+}

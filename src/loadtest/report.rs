@@ -1,0 +1,195 @@
+//! A load test's results: one struct, printed as a table for people or one JSON line for the
+//! benchmark script.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Publish → receive latency percentiles, milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Latency {
+    /// From a histogram of microseconds; `None` when it is empty.
+    pub fn from_us(h: &Histogram<u64>) -> Option<Self> {
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        })
+    }
+}
+
+/// The fan-out part of a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// How events were published (`redis`, `api`).
+    pub via: &'static str,
+    /// Events accepted by the publish path.
+    pub published: u64,
+    /// Publishes that failed.
+    pub publish_errors: u64,
+    /// Publish rate reached, events/s.
+    pub publish_rate: f64,
+    /// Deliveries owed: each accepted event times its tenant's open connections.
+    pub expected: u64,
+    /// Distinct events received.
+    pub delivered: u64,
+    /// `expected − delivered`.
+    pub lost: u64,
+    /// Events received twice.
+    pub duplicates: u64,
+    /// Events received out of id order.
+    pub reordered: u64,
+    /// Events received by a connection of another tenant.
+    pub foreign: u64,
+    /// Deliveries per second, first publish to last receive.
+    pub deliveries_per_sec: f64,
+    /// Publish → receive latency.
+    pub latency_ms: Option<Latency>,
+    /// Server CPU seconds from the first publish to the last receive.
+    pub server_cpu_secs: Option<f64>,
+    /// Server CPU seconds per million deliveries.
+    pub server_cpu_secs_per_million: Option<f64>,
+    /// This process's CPU seconds over the same span.
+    pub loadgen_cpu_secs: Option<f64>,
+}
+
+/// One load-test run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `idle` or `fanout`.
+    pub scenario: &'static str,
+    /// Connections asked for.
+    pub connections: usize,
+    /// Tenants they were spread over.
+    pub tenants: usize,
+    /// Source addresses used.
+    pub sources: u8,
+    /// Connections that reached `connected`.
+    pub connected: usize,
+    /// Connections that did not.
+    pub connect_failures: usize,
+    /// The first failure's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// Seconds to open them all.
+    pub connect_secs: f64,
+    /// Server CPU milliseconds per accepted connection (upgrade, JWT, subscribe, `connected`).
+    pub server_cpu_ms_per_connection: Option<f64>,
+    /// Server RSS before connecting, KiB.
+    pub server_rss_before_kib: Option<u64>,
+    /// Server RSS with every connection open and idle, KiB.
+    pub server_rss_kib: Option<u64>,
+    /// `(rss − rss_before) / connected`, KiB.
+    pub server_rss_per_connection_kib: Option<f64>,
+    /// This process's CPU seconds while connecting.
+    pub loadgen_connect_cpu_secs: Option<f64>,
+    /// This process's RSS with every connection open, KiB.
+    pub loadgen_rss_kib: Option<u64>,
+    /// Connections that ended before the run did.
+    pub dropped_connections: usize,
+    /// The fan-out results (`fanout` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The human table.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "loadtest {}: {} connections over {} tenants from {} source addresses",
+            self.scenario, self.connections, self.tenants, self.sources
+        );
+        let rate = self.connected as f64 / self.connect_secs.max(1e-9);
+        let _ = writeln!(
+            out,
+            "  connect      {} ok, {} failed in {:.2} s ({rate:.0}/s); server CPU {} ms per connection",
+            self.connected,
+            self.connect_failures,
+            self.connect_secs,
+            opt(self.server_cpu_ms_per_connection, 3)
+        );
+        if let Some(e) = &self.first_error {
+            let _ = writeln!(out, "  first error  {e}");
+        }
+        let _ = writeln!(
+            out,
+            "  memory       server RSS {} KiB ({} KiB before), {} KiB per connection; load generator RSS {} KiB",
+            self.server_rss_kib.map_or("n/a".into(), |v| v.to_string()),
+            self.server_rss_before_kib
+                .map_or("n/a".into(), |v| v.to_string()),
+            opt(self.server_rss_per_connection_kib, 2),
+            self.loadgen_rss_kib.map_or("n/a".into(), |v| v.to_string()),
+        );
+        if let Some(d) = &self.delivery {
+            let _ = writeln!(
+                out,
+                "  publish      {} events via {} at {:.0}/s ({} failed)",
+                d.published, d.via, d.publish_rate, d.publish_errors
+            );
+            let _ = writeln!(
+                out,
+                "  delivery     {} of {} (lost {}, duplicates {}, reordered {}, foreign {}) at {:.0}/s",
+                d.delivered,
+                d.expected,
+                d.lost,
+                d.duplicates,
+                d.reordered,
+                d.foreign,
+                d.deliveries_per_sec
+            );
+            if let Some(l) = &d.latency_ms {
+                let _ = writeln!(
+                    out,
+                    "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                    l.p50, l.p90, l.p99, l.p999, l.max
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  cpu          server {} s ({} s per million deliveries); load generator {} s",
+                opt(d.server_cpu_secs, 2),
+                opt(d.server_cpu_secs_per_million, 2),
+                opt(d.loadgen_cpu_secs, 2)
+            );
+        }
+        if self.dropped_connections > 0 {
+            let _ = writeln!(
+                out,
+                "  dropped      {} connections ended early",
+                self.dropped_connections
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,150 @@
+//! `license-gateway loadtest` against real gateways: small runs whose counts must come out
+//! exactly (the performance figures themselves live in BENCHMARKS.md, never in assertions).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// Runs `loadtest` with `args` and the test secret; returns its JSON report.
+fn loadtest(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut all = vec!["loadtest"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let mut env = env.to_vec();
+    env.push(("JWT_SECRET", SECRET));
+    let (status, stdout, stderr) = run_cli(&all, &env);
+    assert!(status.success(), "loadtest failed: {stderr}");
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_through_redis_counts_every_delivery() {
+    let redis = Redis::start();
+    let node = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let target = format!("127.0.0.1:{}", node.port);
+    let pid = node.pid().to_string();
+    let url = redis.url();
+    let r = loadtest(
+        &[
+            "fanout",
+            "--target",
+            &target,
+            "--connections",
+            "30",
+            "--tenants",
+            "3",
+            "--events",
+            "90",
+            "--rate",
+            "300",
+            "--server-pid",
+            &pid,
+        ],
+        &[("REDIS_URL", &url)],
+    );
+    assert_eq!(r["connected"], 30);
+    assert_eq!(r["connect_failures"], 0);
+    let d = &r["delivery"];
+    assert_eq!(d["via"], "redis");
+    assert_eq!(d["published"], 90);
+    // 30 events per tenant, each to that tenant's 10 connections.
+    assert_eq!(d["expected"], 900);
+    assert_eq!(d["delivered"], 900);
+    for zero in [
+        "lost",
+        "duplicates",
+        "reordered",
+        "foreign",
+        "publish_errors",
+    ] {
+        assert_eq!(d[zero], 0, "{zero}: {r}");
+    }
+    let l = &d["latency_ms"];
+    assert!(l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap());
+    assert!(l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap());
+    assert!(
+        r["server_rss_kib"].as_u64().unwrap() > 0,
+        "server sampled: {r}"
+    );
+    assert!(d["server_cpu_secs"].as_f64().is_some());
+    // The node saw the same traffic.
+    let stats = admin_stats(node.port).await;
+    assert_eq!(
+        stats["totalConnections"], 0,
+        "all closed at the end: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_through_the_admin_api_on_the_embedded_engine() {
+    let node = Gateway::start(GatewayOptions::memory()).await;
+    let target = format!("127.0.0.1:{}", node.port);
+    let r = loadtest(
+        &[
+            "fanout",
+            "--target",
+            &target,
+            "--connections",
+            "8",
+            "--tenants",
+            "4",
+            "--events",
+            "40",
+            "--rate",
+            "200",
+            "--sources",
+            "2",
+        ],
+        &[],
+    );
+    let d = &r["delivery"];
+    assert_eq!(d["via"], "api");
+    assert_eq!(d["published"], 40);
+    assert_eq!(d["expected"], 80);
+    assert_eq!(d["delivered"], 80);
+    assert_eq!(d["lost"], 0);
+    assert!(r["server_rss_kib"].is_null(), "no --server-pid, no sample");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_counts_refused_connections_honestly() {
+    let node = Gateway::start(GatewayOptions::memory().env("MAX_CONNECTIONS", "5")).await;
+    let target = format!("127.0.0.1:{}", node.port);
+    let pid = node.pid().to_string();
+    let r = loadtest(
+        &[
+            "idle",
+            "--target",
+            &target,
+            "--connections",
+            "12",
+            "--tenants",
+            "2",
+            "--hold-secs",
+            "0.2",
+            "--server-pid",
+            &pid,
+            "--concurrency",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(r["connected"], 5);
+    assert_eq!(r["connect_failures"], 7);
+    let error = r["first_error"].as_str().unwrap();
+    assert!(error.contains("1013"), "{error}");
+    assert_eq!(r["dropped_connections"], 0);
+    assert!(r["server_cpu_ms_per_connection"].as_f64().is_some());
+}
+
+#[test]
+fn bad_sizes_exit_2() {
+    let (status, _, stderr) = run_cli(
+        &["loadtest", "idle", "--connections", "3", "--tenants", "9"],
+        &[("JWT_SECRET", SECRET)],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tenants"), "{stderr}");
+}
