@@ -34,12 +34,43 @@ pub struct Handshake {
 }
 
 /// Runs a session to its end.
-pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
-    let _guard = handshake.guard;
+///
+/// Shaped for memory, since every idle connection carries this future: the opening (refusal,
+/// authentication, subscription) is a boxed, transient future, and what it hands on ([`Live`])
+/// is moved, not copied, into the session's own future. An `async fn` taking the socket and
+/// awaiting both phases keeps a slot for its arguments beside each phase's state (rustc does
+/// not overlap them): that layout cost about 0.5 KiB more per connection (BENCHMARKS.md).
+pub fn run(
+    socket: WebSocket,
+    state: AppState,
+    handshake: Handshake,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    Box::pin(open(socket, state, handshake)).then(|opened| match opened {
+        Some(live) => Either::Left(live.run()),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// What an opened session owns for its life.
+struct Live {
+    socket: WebSocket,
+    state: AppState,
+    membership: Membership,
+    /// Token `exp`, Unix seconds.
+    expires_at: u64,
+    /// Resume position the client asked for, unparsed.
+    resume: Option<String>,
+    _guard: super::ConnectionGuard,
+}
+
+/// Refuses, authenticates and subscribes; `None` when the connection was closed instead.
+async fn open(mut socket: WebSocket, state: AppState, handshake: Handshake) -> Option<Live> {
     if let Some(reason) = handshake.refuse {
         metrics::closed(Some(reason));
         close(&mut socket, reason).await;
-        return;
+        return None;
     }
     let (tenant, claims) = match handshake.auth {
         Ok(ok) => ok,
@@ -48,41 +79,65 @@ pub async fn run(mut socket: WebSocket, state: AppState, handshake: Handshake) {
             metrics::auth_failed(error.label());
             metrics::closed(Some(error.close_reason()));
             close(&mut socket, error.close_reason()).await;
-            return;
+            return None;
         }
     };
-    let membership = match state.hub.join(&tenant).await {
-        Ok(m) => m,
+    match state.hub.join(&tenant).await {
+        Ok(membership) => Some(Live {
+            socket,
+            state,
+            membership,
+            expires_at: claims.expires_at,
+            resume: handshake.last_event_id,
+            _guard: handshake.guard,
+        }),
         Err(error) => {
             tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
             metrics::closed(Some(CloseReason::TryAgainLater));
             close(&mut socket, CloseReason::TryAgainLater).await;
-            return;
+            None
         }
-    };
-    // Paired with `session_ended` below, whatever happens in between.
-    metrics::session_opened();
-    let connection_id = format!("{}-{}", state.settings.node_id, state.next_connection_id());
-    let span = tracing::info_span!("session", %tenant, node = %state.settings.node_id, connection = %connection_id);
-    let reason = {
-        let session = Session {
-            socket: &mut socket,
-            state: &state,
-            membership: &membership,
-            expires_at: claims.expires_at,
-            last_sent: None,
-        };
-        let resume = handshake.last_event_id.as_deref();
-        tracing::Instrument::instrument(session.serve(&connection_id, resume), span.clone()).await
-    };
-    state.hub.leave(&membership);
-    metrics::session_ended();
-    metrics::closed(reason);
-    if let Some(reason) = reason {
-        span.in_scope(|| tracing::info!(reason = reason.label(), "closing session"));
-        close(&mut socket, reason).await;
-    } else {
-        span.in_scope(|| tracing::debug!("session ended by the client"));
+    }
+}
+
+impl Live {
+    /// Serves the connection, leaves the hub and closes. Not an `async fn`: that would move
+    /// `self` into a second slot of the future (its parameters are rebound as locals), and
+    /// this future lives as long as the connection.
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+    fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            // Paired with `session_ended` below, whatever happens in between.
+            metrics::session_opened();
+            let state = &self.state;
+            let connection_id =
+                format!("{}-{}", state.settings.node_id, state.next_connection_id());
+            let span = tracing::info_span!("session", tenant = self.membership.tenant(), node = %state.settings.node_id, connection = %connection_id);
+            let session = Session {
+                socket: &mut self.socket,
+                state,
+                membership: &self.membership,
+                expires_at: self.expires_at,
+                last_sent: None,
+            };
+            // Boxed: `instrument` takes the future by value, and rustc keeps a slot for it beside
+            // the wrapper's copy, so inline it would be stored twice.
+            let serve = Box::pin(session.serve(&connection_id, self.resume.as_deref()));
+            let reason = tracing::Instrument::instrument(serve, span.clone()).await;
+            state.hub.leave(&self.membership);
+            metrics::session_ended();
+            metrics::closed(reason);
+            if let Some(reason) = reason {
+                span.in_scope(|| tracing::info!(reason = reason.label(), "closing session"));
+                let closing = Box::pin(close(&mut self.socket, reason));
+                closing.await;
+            } else {
+                span.in_scope(|| tracing::debug!("session ended by the client"));
+            }
+            // Named so that the block captures all of `self`: it captures only the fields it
+            // mentions, and the connection guard must live as long as the session.
+            drop(self);
+        }
     }
 }
 
@@ -98,7 +153,99 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Serves until the connection must close; `Some(reason)` when the server closes it.
-    async fn serve(mut self, connection_id: &str, resume: Option<&str>) -> Option<CloseReason> {
+    /// (This and `send` return `async move` blocks rather than being `async fn`s, which would
+    /// store their arguments twice in futures that every session carries.)
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+    fn serve(
+        mut self,
+        connection_id: &str,
+        resume: Option<&str>,
+    ) -> impl Future<Output = Option<CloseReason>> {
+        async move {
+            // Boxed: the greeting's state is not carried for the session's life.
+            let greeting = Box::pin(self.greet(connection_id, resume));
+            if !greeting.await {
+                return None;
+            }
+
+            let ping_every = self.state.settings.ping_interval;
+            let mut last_heard = Instant::now();
+            let mut next_ping = last_heard + ping_every;
+            let mut expiry = self.expiry_deadline();
+            let timer = tokio::time::sleep_until(next_ping.min(expiry));
+            tokio::pin!(timer);
+            let outbox: Arc<_> = self.membership.outbox.clone();
+
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = outbox.notified() => loop {
+                        match outbox.next() {
+                            Next::Event(Some(id), _) if self.last_sent.is_some_and(|last| id <= last) => {}
+                            Next::Event(id, payload) => {
+                                if !self.send(Message::Text(payload)).await {
+                                    return None;
+                                }
+                                if id.is_some() {
+                                    self.last_sent = id;
+                                }
+                            }
+                            Next::Close(reason) => return Some(reason),
+                            Next::Empty => break,
+                        }
+                    },
+                    frame = self.socket.recv() => {
+                        last_heard = Instant::now();
+                        match frame {
+                            None | Some(Ok(Message::Close(_))) => return None,
+                            Some(Err(error)) => return frame_error(error),
+                            Some(Ok(Message::Text(text))) => {
+                                // Boxed: client frames are rare, and the handler's state would otherwise be
+                                // carried by every idle session.
+                                let handling = Box::pin(self.on_text(&text));
+                                match handling.await {
+                                    Ok(Some(new_exp)) => {
+                                        self.expires_at = new_exp;
+                                        expiry = self.expiry_deadline();
+                                        timer.as_mut().reset(next_ping.min(expiry));
+                                    }
+                                    Ok(None) => {}
+                                    Err(reason) => return reason,
+                                }
+                            }
+                            Some(Ok(Message::Binary(_))) => {
+                                if !self.send_error("binary frames are not supported; send JSON text").await {
+                                    return None;
+                                }
+                            }
+                            // Pings are answered by the WebSocket layer; pongs only prove liveness.
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        }
+                    }
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if now >= expiry {
+                            return Some(CloseReason::TokenExpired);
+                        }
+                        if now >= next_ping {
+                            if now.duration_since(last_heard) >= ping_every * 2 {
+                                tracing::info!("peer silent for two ping intervals; dropping");
+                                return None;
+                            }
+                            if !self.send(Message::Ping(Default::default())).await {
+                                return None;
+                            }
+                            next_ping = now + ping_every;
+                        }
+                        timer.as_mut().reset(next_ping.min(expiry));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `connected`, then replays the history after `resume`; false when the socket failed.
+    async fn greet(&mut self, connection_id: &str, resume: Option<&str>) -> bool {
         // A fresh session's stream starts after the tenant's current position: the client gets
         // it in `connected`, so it can resume exactly even before its first event.
         if resume.is_none() {
@@ -112,86 +259,14 @@ impl Session<'_> {
             last_event_id: position,
         };
         if !self.send(Message::Text(connected.to_json().into())).await {
-            return None;
+            return false;
         }
         tracing::debug!("session connected");
         // The subscription is in place and the outbox is collecting live events, so replaying
         // the history now leaves no gap; `last_sent` drops what both paths carry.
-        if let Some(resume) = resume
-            && !self.replay(resume).await
-        {
-            return None;
-        }
-
-        let ping_every = self.state.settings.ping_interval;
-        let mut last_heard = Instant::now();
-        let mut next_ping = last_heard + ping_every;
-        let mut expiry = self.expiry_deadline();
-        let timer = tokio::time::sleep_until(next_ping.min(expiry));
-        tokio::pin!(timer);
-        let outbox: Arc<_> = self.membership.outbox.clone();
-
-        loop {
-            tokio::select! {
-                biased;
-                _ = outbox.notified() => loop {
-                    match outbox.next() {
-                        Next::Event(Some(id), _) if self.last_sent.is_some_and(|last| id <= last) => {}
-                        Next::Event(id, payload) => {
-                            if !self.send(Message::Text(payload)).await {
-                                return None;
-                            }
-                            if id.is_some() {
-                                self.last_sent = id;
-                            }
-                        }
-                        Next::Close(reason) => return Some(reason),
-                        Next::Empty => break,
-                    }
-                },
-                frame = self.socket.recv() => {
-                    last_heard = Instant::now();
-                    match frame {
-                        None | Some(Ok(Message::Close(_))) => return None,
-                        Some(Err(error)) => return frame_error(error),
-                        Some(Ok(Message::Text(text))) => {
-                            match self.on_text(&text).await {
-                                Ok(Some(new_exp)) => {
-                                    self.expires_at = new_exp;
-                                    expiry = self.expiry_deadline();
-                                    timer.as_mut().reset(next_ping.min(expiry));
-                                }
-                                Ok(None) => {}
-                                Err(reason) => return reason,
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            if !self.send_error("binary frames are not supported; send JSON text").await {
-                                return None;
-                            }
-                        }
-                        // Pings are answered by the WebSocket layer; pongs only prove liveness.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    }
-                }
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if now >= expiry {
-                        return Some(CloseReason::TokenExpired);
-                    }
-                    if now >= next_ping {
-                        if now.duration_since(last_heard) >= ping_every * 2 {
-                            tracing::info!("peer silent for two ping intervals; dropping");
-                            return None;
-                        }
-                        if !self.send(Message::Ping(Default::default())).await {
-                            return None;
-                        }
-                        next_ping = now + ping_every;
-                    }
-                    timer.as_mut().reset(next_ping.min(expiry));
-                }
-            }
+        match resume {
+            Some(resume) => self.replay(resume).await,
+            None => true,
         }
     }
 
@@ -302,12 +377,19 @@ impl Session<'_> {
 
     /// Sends one frame; false when the peer is gone or did not take it within a ping interval
     /// (a stalled reader must not pin the session forever).
-    async fn send(&mut self, message: Message) -> bool {
-        let limit = self.state.settings.ping_interval;
-        matches!(
-            tokio::time::timeout(limit, self.socket.send(message)).await,
-            Ok(Ok(()))
-        )
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see `serve`
+    fn send(&mut self, message: Message) -> impl Future<Output = bool> {
+        async move {
+            let limit = self.state.settings.ping_interval;
+            let mut sending = futures_util::SinkExt::send(&mut *self.socket, message);
+            // Fast path: a reader that keeps up takes the frame at once, with no timer armed. Only
+            // a stalled one gets the timeout, boxed so that idle sessions do not carry its state.
+            if let Some(result) = futures_util::FutureExt::now_or_never(&mut sending) {
+                return result.is_ok();
+            }
+            let stalled = Box::pin(tokio::time::timeout(limit, sending));
+            matches!(stalled.await, Ok(Ok(())))
+        }
     }
 }
 
