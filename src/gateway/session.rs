@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::AppState;
 use super::hub::{Membership, Next};
 use crate::auth::{AuthError, Claims};
-use crate::engine::History;
+use crate::engine::{History, Position};
 use crate::metrics;
 use crate::protocol::{ClientMessage, CloseReason, EventId, ServerMessage, now_ms};
 
@@ -100,6 +100,54 @@ async fn open(mut socket: WebSocket, state: AppState, handshake: Handshake) -> O
     }
 }
 
+/// The session's log span, made when first needed: an idle session that logs nothing would
+/// otherwise hold one for its whole life (0.4 KiB per connection with the JSON formatter's
+/// fields, BENCHMARKS.md). While traces are exported it is made at once, so the exported span
+/// covers the connection.
+struct SessionSpan<'a> {
+    tenant: &'a str,
+    node: &'a str,
+    connection: &'a str,
+    span: std::sync::OnceLock<tracing::Span>,
+}
+
+impl<'a> SessionSpan<'a> {
+    fn new(tenant: &'a str, node: &'a str, connection: &'a str) -> Self {
+        let span = Self {
+            tenant,
+            node,
+            connection,
+            span: std::sync::OnceLock::new(),
+        };
+        if crate::telemetry::exporting() {
+            span.get();
+        }
+        span
+    }
+
+    fn get(&self) -> &tracing::Span {
+        self.span.get_or_init(|| {
+            tracing::info_span!(
+                "session",
+                tenant = self.tenant,
+                node = self.node,
+                connection = self.connection
+            )
+        })
+    }
+}
+
+/// A log event inside the session's span, which is made only if the event is enabled.
+macro_rules! session_event {
+    ($span:expr, $level:ident, $($arg:tt)+) => {
+        if tracing::enabled!(tracing::Level::$level) {
+            $span
+                .get()
+                .in_scope(|| tracing::event!(tracing::Level::$level, $($arg)+));
+        }
+    };
+}
+
 impl Live {
     /// Serves the connection, leaves the hub and closes. Not an `async fn`: that would move
     /// `self` into a second slot of the future (its parameters are rebound as locals), and
@@ -110,29 +158,27 @@ impl Live {
             // Paired with `session_ended` below, whatever happens in between.
             metrics::session_opened();
             let state = &self.state;
-            let connection_id =
-                format!("{}-{}", state.settings.node_id, state.next_connection_id());
-            let span = tracing::info_span!("session", tenant = self.membership.tenant(), node = %state.settings.node_id, connection = %connection_id);
+            let node = state.settings.node_id.as_str();
+            let connection_id = format!("{node}-{}", state.next_connection_id());
+            let span = SessionSpan::new(self.membership.tenant(), node, &connection_id);
             let session = Session {
                 socket: &mut self.socket,
                 state,
                 membership: &self.membership,
+                span: &span,
                 expires_at: self.expires_at,
                 last_sent: None,
             };
-            // Boxed: `instrument` takes the future by value, and rustc keeps a slot for it beside
-            // the wrapper's copy, so inline it would be stored twice.
-            let serve = Box::pin(session.serve(&connection_id, self.resume.as_deref()));
-            let reason = tracing::Instrument::instrument(serve, span.clone()).await;
+            let reason = session.serve(&connection_id, self.resume.as_deref()).await;
             state.hub.leave(&self.membership);
             metrics::session_ended();
             metrics::closed(reason);
             if let Some(reason) = reason {
-                span.in_scope(|| tracing::info!(reason = reason.label(), "closing session"));
+                session_event!(span, INFO, reason = reason.label(), "closing session");
                 let closing = Box::pin(close(&mut self.socket, reason));
                 closing.await;
             } else {
-                span.in_scope(|| tracing::debug!("session ended by the client"));
+                session_event!(span, DEBUG, "session ended by the client");
             }
             // Named so that the block captures all of `self`: it captures only the fields it
             // mentions, and the connection guard must live as long as the session.
@@ -145,6 +191,7 @@ struct Session<'a> {
     socket: &'a mut WebSocket,
     state: &'a AppState,
     membership: &'a Membership,
+    span: &'a SessionSpan<'a>,
     /// Token `exp`, Unix seconds.
     expires_at: u64,
     /// Newest event id sent: live events not newer than it were already replayed.
@@ -229,7 +276,7 @@ impl Session<'_> {
                         }
                         if now >= next_ping {
                             if now.duration_since(last_heard) >= ping_every * 2 {
-                                tracing::info!("peer silent for two ping intervals; dropping");
+                                session_event!(self.span, INFO, "peer silent for two ping intervals; dropping");
                                 return None;
                             }
                             if !self.send(Message::Ping(Default::default())).await {
@@ -261,7 +308,7 @@ impl Session<'_> {
         if !self.send(Message::Text(connected.to_json().into())).await {
             return false;
         }
-        tracing::debug!("session connected");
+        session_event!(self.span, DEBUG, "session connected");
         // The subscription is in place and the outbox is collecting live events, so replaying
         // the history now leaves no gap; `last_sent` drops what both paths carry.
         match resume {
@@ -278,16 +325,21 @@ impl Session<'_> {
             Ok(id) => id,
             Err(_) => return self.resync("lastEventId is malformed").await,
         };
-        let history = match self.state.engine.history_after(tenant, Some(after)).await {
+        let history = match self
+            .state
+            .engine
+            .history_after(tenant, Some(after), Position::Exact)
+            .await
+        {
             Ok(history) => history,
             Err(error) => {
-                tracing::warn!(%error, "history unavailable for resume");
+                session_event!(self.span, WARN, %error, "history unavailable for resume");
                 return self.resync("history is unavailable").await;
             }
         };
         match history {
             History::After(events) => {
-                tracing::debug!(after = %after, replayed = events.len(), "resuming");
+                session_event!(self.span, DEBUG, after = %after, replayed = events.len(), "resuming");
                 metrics::history_replay("replayed");
                 self.last_sent = Some(after);
                 for (id, payload) in events {
@@ -306,7 +358,7 @@ impl Session<'_> {
     }
 
     async fn resync(&mut self, reason: &str) -> bool {
-        tracing::debug!(reason, "resync required");
+        session_event!(self.span, DEBUG, reason, "resync required");
         metrics::history_replay("resync");
         let message = ServerMessage::ResyncRequired { reason }.to_json();
         self.send(Message::Text(message.into())).await
@@ -351,7 +403,7 @@ impl Session<'_> {
                     Some(e.close_reason())
                 })?;
                 if tenant != self.membership.tenant() {
-                    tracing::warn!(other = %tenant, "refresh token names another tenant");
+                    session_event!(self.span, WARN, other = %tenant, "refresh token names another tenant");
                     metrics::auth_failed("other_tenant");
                     return Err(Some(CloseReason::InvalidToken));
                 }

@@ -236,8 +236,10 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
         deliveries_per_sec: 0.0,
         latency_ms: Latency::from_us(&shared.latency.borrow()),
         server_cpu_secs: procstat::cpu_between(server_start, server_end),
+        server_sys_secs: procstat::sys_between(server_start, server_end),
         server_cpu_secs_per_million: None,
         loadgen_cpu_secs: procstat::cpu_between(me_start, me_end),
+        loadgen_sys_secs: procstat::sys_between(me_start, me_end),
     };
     for task in tasks {
         let Ok(tally) = task.await else { continue };

@@ -10,6 +10,8 @@ const TICKS_PER_SEC: f64 = 100.0;
 pub struct Sample {
     /// User plus system CPU seconds consumed so far.
     pub cpu_secs: f64,
+    /// Of which in the kernel (system calls, the TCP stack).
+    pub sys_secs: f64,
     /// Resident set size in KiB.
     pub rss_kib: u64,
     /// When it was read.
@@ -41,14 +43,20 @@ fn read(dir: &str) -> Option<Sample> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
     Some(Sample {
         cpu_secs: (utime + stime) / TICKS_PER_SEC,
+        sys_secs: stime / TICKS_PER_SEC,
         rss_kib,
         at: Instant::now(),
     })
 }
 
-/// CPU seconds between two readings (0 when either is missing).
+/// CPU seconds between two readings, when both exist.
 pub fn cpu_between(a: Option<Sample>, b: Option<Sample>) -> Option<f64> {
     Some(b?.cpu_secs - a?.cpu_secs)
+}
+
+/// Kernel CPU seconds between two readings, when both exist.
+pub fn sys_between(a: Option<Sample>, b: Option<Sample>) -> Option<f64> {
+    Some(b?.sys_secs - a?.sys_secs)
 }
 
 #[cfg(test)]

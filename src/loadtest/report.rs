@@ -67,10 +67,14 @@ pub struct Delivery {
     pub latency_ms: Option<Latency>,
     /// Server CPU seconds from the first publish to the last receive.
     pub server_cpu_secs: Option<f64>,
+    /// Of which in the kernel (socket writes, loopback TCP).
+    pub server_sys_secs: Option<f64>,
     /// Server CPU seconds per million deliveries.
     pub server_cpu_secs_per_million: Option<f64>,
     /// This process's CPU seconds over the same span.
     pub loadgen_cpu_secs: Option<f64>,
+    /// Of which in the kernel (socket reads, epoll).
+    pub loadgen_sys_secs: Option<f64>,
 }
 
 /// One load-test run.
@@ -177,8 +181,9 @@ impl Report {
             }
             let _ = writeln!(
                 out,
-                "  cpu          server {} s ({} s per million deliveries); load generator {} s",
+                "  cpu          server {} s ({} in the kernel; {} s per million deliveries); load generator {} s",
                 opt(d.server_cpu_secs, 2),
+                opt(d.server_sys_secs, 2),
                 opt(d.server_cpu_secs_per_million, 2),
                 opt(d.loadgen_cpu_secs, 2)
             );

@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""Reruns every benchmark in BENCHMARKS.md and rewrites its result tables.
+
+    python3 tests/bench.py [--repeats 3] [--only NAME[,NAME]] [--no-write]
+
+Each run starts a fresh redis-server and a fresh release gateway on free loopback ports, runs
+`license-gateway loadtest … --json` against it with --server-pid, reads redis-server's CPU from
+/proc, and stops everything. Figures are medians over the repeats with min–max beside them.
+The tables between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in BENCHMARKS.md are
+replaced; everything else in the file is left alone. Not part of the test suite (no timed
+assertions there): run it by hand on an otherwise idle machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(ROOT, "target", "release", "license-gateway")
+SECRET = "bench-secret"
+
+# name -> (loadtest arguments, gateway environment, what the table shows)
+SCENARIOS = {
+    "idle-10k": (
+        ["idle", "--connections", "10000", "--tenants", "100", "--sources", "8", "--hold-secs", "2"],
+        {},
+        "idle",
+    ),
+    "idle-19k": (
+        ["idle", "--connections", "19000", "--tenants", "100", "--sources", "8", "--hold-secs", "2"],
+        {},
+        "idle",
+    ),
+    "fanout-50k": (
+        ["fanout", "--connections", "10000", "--tenants", "100", "--sources", "8",
+         "--rate", "500", "--duration-secs", "10", "--drain-secs", "5"],
+        {},
+        "fanout",
+    ),
+    # The fan-out-50k load on Redis Cluster (sharded pub/sub), one master vs three.
+    "cluster-1-shard": (
+        ["fanout", "--connections", "10000", "--tenants", "100", "--sources", "8",
+         "--rate", "500", "--duration-secs", "10", "--drain-secs", "5"],
+        {},
+        "fanout",
+    ),
+    "cluster-3-shards": (
+        ["fanout", "--connections", "10000", "--tenants", "100", "--sources", "8",
+         "--rate", "500", "--duration-secs", "10", "--drain-secs", "5"],
+        {},
+        "fanout",
+    ),
+    "tenant-10k": (
+        ["fanout", "--connections", "10000", "--tenants", "1", "--sources", "8",
+         "--rate", "5", "--duration-secs", "10", "--drain-secs", "5"],
+        {},
+        "fanout",
+    ),
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_secs(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("gateway did not become ready")
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_cluster(work, masters):
+    """`masters` masters with one replica each; returns (processes, REDIS_URL)."""
+    ports = []
+    while len(ports) < masters * 2:
+        p = 20000 + int.from_bytes(os.urandom(2), "little") % 9000
+        try:
+            for q in (p, p + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", q))
+        except OSError:
+            continue
+        if p not in ports:
+            ports.append(p)
+    procs = []
+    for p in ports:
+        d = os.path.join(work, str(p))
+        os.makedirs(d)
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
+             "--dir", d], stdout=subprocess.DEVNULL, preexec_fn=raise_fd_limit))
+    for p in ports:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", p), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas", "1", "--cluster-yes"], check=True,
+                   stdout=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        infos = [subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"],
+                                capture_output=True, text=True).stdout for p in ports]
+        if all("cluster_state:ok" in i for i in infos):
+            break
+        time.sleep(0.1)
+    return procs, "redis-cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
+def run_once(name):
+    args, gw_env, _ = SCENARIOS[name]
+    work = tempfile.mkdtemp(prefix="lgw-bench-")
+    redis_port, port = free_port(), free_port()
+    if name.startswith("cluster-"):
+        servers, redis_url = start_cluster(work, 1 if name == "cluster-1-shard" else 3)
+    else:
+        servers = [subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", work],
+            stdout=subprocess.DEVNULL, preexec_fn=raise_fd_limit)]
+        redis_url = f"redis://127.0.0.1:{redis_port}"
+    env = {
+        "PATH": os.environ.get("PATH", ""), "PORT": str(port), "HOST": "127.0.0.1",
+        "JWT_SECRET": SECRET, "REDIS_URL": redis_url,
+        "LOG_FORMAT": "json", "NODE_ID": "bench",  # RUST_LOG unset: the default, info
+    }
+    env.update(gw_env)
+    log = open(os.path.join(work, "gateway.log"), "w")
+    gateway = subprocess.Popen([BINARY, "serve"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=log, preexec_fn=raise_fd_limit)
+    try:
+        wait_ready(port)
+        redis_cpu = sum(cpu_secs(p.pid) for p in servers)
+        out = subprocess.run(
+            [BINARY, "loadtest", *args, "--target", f"127.0.0.1:{port}",
+             "--server-pid", str(gateway.pid), "--json"],
+            env={**env, "RUST_LOG": "error"}, capture_output=True, text=True, timeout=600,
+            preexec_fn=raise_fd_limit)
+        if out.returncode != 0:
+            raise RuntimeError(f"loadtest failed: {out.stderr.strip()}")
+        report = json.loads(out.stdout)
+        report["redis_cpu_secs"] = sum(cpu_secs(p.pid) for p in servers) - redis_cpu
+        return report
+    finally:
+        for p in (gateway, *servers):
+            p.terminate()
+        for p in (gateway, *servers):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_floor(pairs=5000, rounds=20, size=200):
+    """Kernel CPU of one small write per socket on loopback, the system call each delivery
+    needs, with nothing else around it: the floor under any gateway's CPU per delivery here."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    senders, receivers = [], []
+    for _ in range(pairs):
+        c = socket.create_connection(listener.getsockname())
+        s, _ = listener.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        senders.append(c)
+        receivers.append(s)
+    payload = b"x" * size
+    sys_secs, user_secs, writes = 0.0, 0.0, 0
+    for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        for c in senders:
+            c.send(payload)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        sys_secs += after.ru_stime - before.ru_stime
+        user_secs += after.ru_utime - before.ru_utime
+        writes += pairs
+        for r in receivers:
+            r.recv(65536)
+    for sock in senders + receivers + [listener]:
+        sock.close()
+    return {"writes": writes, "kernel_us_per_write": sys_secs / writes * 1e6,
+            "kernel_secs_per_million": sys_secs / writes * 1e6}
+
+
+def get(report, path):
+    value = report
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def cell(runs, path, digits):
+    values = [v for v in (get(r, path) for r in runs) if v is not None]
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    if len(values) == 1 or min(values) == max(values):
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+IDLE_ROWS = [
+    ("connections open", "connected", 0),
+    ("server RSS per connection, KiB", "server_rss_per_connection_kib", 2),
+    ("server RSS with all open, MiB", "server_rss_mib", 1),
+    ("server CPU per accepted connection, ms", "server_cpu_ms_per_connection", 3),
+    ("connect rate, connections/s", "connect_rate", 0),
+    ("load generator CPU while connecting, s", "loadgen_connect_cpu_secs", 2),
+]
+FANOUT_ROWS = [
+    ("deliveries", "delivery.delivered", 0),
+    ("lost / duplicated / reordered", "loss_summary", 0),
+    ("deliveries/s", "delivery.deliveries_per_sec", 0),
+    ("latency p50, ms", "delivery.latency_ms.p50", 2),
+    ("latency p90, ms", "delivery.latency_ms.p90", 2),
+    ("latency p99, ms", "delivery.latency_ms.p99", 2),
+    ("latency p99.9, ms", "delivery.latency_ms.p999", 2),
+    ("latency max, ms", "delivery.latency_ms.max", 2),
+    ("server CPU per million deliveries, s", "delivery.server_cpu_secs_per_million", 2),
+    ("server CPU, s", "delivery.server_cpu_secs", 2),
+    ("of which kernel (socket writes, loopback TCP), s", "delivery.server_sys_secs", 2),
+    ("load generator CPU, s", "delivery.loadgen_cpu_secs", 2),
+    ("of which kernel (socket reads, epoll), s", "delivery.loadgen_sys_secs", 2),
+    ("redis-server CPU, all instances (whole run), s", "redis_cpu_secs", 2),
+    ("server RSS per connection, KiB", "server_rss_per_connection_kib", 2),
+]
+
+
+def table(name, runs):
+    kind = SCENARIOS[name][2]
+    for r in runs:
+        if r.get("server_rss_kib"):
+            r["server_rss_mib"] = r["server_rss_kib"] / 1024
+        r["connect_rate"] = r["connected"] / max(r["connect_secs"], 1e-9)
+    lines = [f"| {name} ({len(runs)} runs) | median (min–max) |", "|---|---|"]
+    for label, path, digits in (IDLE_ROWS if kind == "idle" else FANOUT_ROWS):
+        if path == "loss_summary":
+            totals = [sum(get(r, f"delivery.{k}") or 0 for r in runs)
+                      for k in ("lost", "duplicates", "reordered")]
+            lines.append(f"| {label} (all runs) | {' / '.join(map(str, totals))} |")
+            continue
+        lines.append(f"| {label} | {cell(runs, path, digits)} |")
+    return "\n".join(lines)
+
+
+# (label, scenario, path, target, reference figure of the seed design, lower is better)
+TARGETS = [
+    ("RSS per idle connection, 10k connections", "idle-10k", "server_rss_per_connection_kib",
+     2.5, "KiB", 5.5),
+    ("RSS per idle connection, 19k connections", "idle-19k", "server_rss_per_connection_kib",
+     2.5, "KiB", 5.5),
+    ("server CPU per accepted connection", "idle-10k", "server_cpu_ms_per_connection",
+     0.1, "ms", 1.3),
+    ("server CPU per million deliveries", "fanout-50k",
+     "delivery.server_cpu_secs_per_million", 3.0, "s", 30.0),
+    ("publish → delivery p99 at 50k deliveries/s", "fanout-50k", "delivery.latency_ms.p99",
+     10.0, "ms", None),
+    ("one event to a tenant's 10,000 connections, p99", "tenant-10k",
+     "delivery.latency_ms.p99", 50.0, "ms", None),
+]
+
+
+def targets_table(all_runs):
+    lines = ["| target | goal | measured: median (min–max) | vs. seed design | met |",
+             "|---|---|---|---|---|"]
+    for label, name, path, goal, unit, seed in TARGETS:
+        runs = all_runs.get(name)
+        if not runs:
+            continue
+        values = [v for v in (get(r, path) for r in runs) if v is not None]
+        if not values:
+            continue
+        med = statistics.median(values)
+        ratio = f"{seed / med:.1f}× better" if seed and med > 0 else "—"
+        met = "yes" if med <= goal else "no"
+        if name == "fanout-50k":
+            lost = sum(get(r, "delivery.lost") or 0 for r in runs)
+            rate = statistics.median(get(r, "delivery.deliveries_per_sec") or 0 for r in runs)
+            label += f" (measured {rate:,.0f}/s, {lost} lost)"
+            if lost:
+                met = "no"
+        lines.append(f"| {label} | ≤ {goal:g} {unit} | {cell(runs, path, 3 if med < 1 else 2)} {unit} "
+                     f"| {ratio} | {met} |")
+    return "\n".join(lines)
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    redis = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    v = re.search(r"v=(\S+)", redis)
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+            f"redis-server {v.group(1) if v else '?'}, {time.strftime('%Y-%m-%d')}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="K=V",
+                        help="extra gateway environment, for experiments (implies --no-write)")
+    opts = parser.parse_args()
+    for kv in opts.gateway_env:
+        key, _, value = kv.partition("=")
+        for scenario in SCENARIOS.values():
+            scenario[1][key] = value
+        opts.no_write = True
+    if not os.path.exists(BINARY):
+        subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
+    raise_fd_limit()
+    tables, all_runs = {}, {}
+    for name in opts.only.split(","):
+        runs = []
+        for i in range(opts.repeats):
+            report = run_once(name)
+            print(f"{name} run {i + 1}: {json.dumps(report)}", flush=True)
+            runs.append(report)
+        all_runs[name] = runs
+        tables[name] = table(name, runs)
+        print(tables[name], flush=True)
+    if opts.no_write:
+        return
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    with open(path) as f:
+        text = f.read()
+    text = re.sub(r"(<!-- bench:machine -->\n).*?(\n<!-- /bench:machine -->)",
+                  lambda m: m.group(1) + machine() + m.group(2), text, flags=re.S)
+    floors = [write_floor() for _ in range(opts.repeats)]
+    print(f"write floor: {floors}", flush=True)
+    tables["floor"] = "\n".join([
+        f"| loopback write floor ({len(floors)} runs) | median (min–max) |", "|---|---|",
+        f"| kernel CPU per 200-byte write to an idle peer, µs | {cell(floors, 'kernel_us_per_write', 2)} |",
+    ])
+    if set(all_runs) >= {t[1] for t in TARGETS}:
+        tables["targets"] = targets_table(all_runs)
+    for name, body in tables.items():
+        pattern = rf"(<!-- bench:{re.escape(name)} -->\n).*?(\n<!-- /bench:{re.escape(name)} -->)"
+        text, n = re.subn(pattern, lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
+        if n == 0:
+            print(f"warning: BENCHMARKS.md has no bench:{name} block", file=sys.stderr)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
