@@ -108,15 +108,18 @@ async fn connect_redis(
 
 /// Checks the URL scheme before any connection attempt (a typo fails at start-up, exit 2).
 fn check_redis_url(url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("redis://") {
+    if url.starts_with("redis://") || url.starts_with("redis-cluster://") {
         Ok(())
-    } else if url.starts_with("rediss://") || url.starts_with("redis-cluster://") {
+    } else if url.starts_with("rediss://") || url.starts_with("rediss-cluster://") {
         Err(ConfigError::new(
             "REDIS_URL",
-            "TLS (rediss://) and Redis Cluster (redis-cluster://) are not supported by this build yet",
+            "TLS to Redis (rediss://) is not supported by this build yet",
         ))
     } else {
-        Err(ConfigError::new("REDIS_URL", "expected a redis:// URL"))
+        Err(ConfigError::new(
+            "REDIS_URL",
+            "expected redis://host:port or redis-cluster://host:port[,host:port…]",
+        ))
     }
 }
 

@@ -35,6 +35,16 @@ both_engines!(
     resume_replays_after_last_event_id_or_asks_for_resync,
 );
 
+// The ones that depend on the engine, again on a 3-master/3-replica Redis Cluster.
+on_cluster!(
+    seed_broadcasts_license_expiration,
+    seed_multiple_clients_of_one_tenant,
+    seed_tracks_connection_stats,
+    tenant_isolation_three_by_three,
+    event_ids_increase_strictly_per_tenant,
+    resume_replays_after_last_event_id_or_asks_for_resync,
+);
+
 // --- the seed's eight tests -------------------------------------------------------------------
 
 async fn seed_server_initializes(backend: Backend) {

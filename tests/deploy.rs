@@ -73,6 +73,7 @@ fn kubernetes_manifests_match_the_schemas() {
     for kustomization in [
         "deploy/k8s/base/kustomization.yaml",
         "deploy/k8s/overlays/production/kustomization.yaml",
+        "deploy/k8s/overlays/cluster/kustomization.yaml",
     ] {
         let path = root().join(kustomization);
         let text = std::fs::read_to_string(&path).unwrap();

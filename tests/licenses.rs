@@ -22,6 +22,12 @@ both_engines!(
     license_status_view,
 );
 
+on_cluster!(
+    license_changes_publish_module_and_update_events,
+    usage_sequence_warns_exceeds_and_rearms_once_each,
+    deadline_fires_within_two_seconds,
+);
+
 const DAY: i64 = 86_400;
 
 async fn put_license(port: u16, tenant: &str, doc: &Value) -> (u16, Value) {
@@ -280,10 +286,7 @@ async fn expiry_thresholds_and_module_expiry_on_change(backend: Backend) {
 async fn deadline_fires_within_two_seconds(backend: Backend) {
     let d = Deployment::start(backend, &[]).await;
     // On Redis the looping worker publishes deadlines; the embedded engine does it in-process.
-    let _worker = d
-        .redis
-        .as_ref()
-        .map(|r| Gateway::worker(r, &["--interval", "60"]));
+    let _worker = d.worker(&["--interval", "60"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut client, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
     let expires = rfc3339_in(3);
@@ -568,16 +571,25 @@ fn owed() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_concurrent_worker_runs_publish_each_notice_once() {
     let redis = Redis::start();
-    let r = redis.client().await;
+    five_concurrent_workers(&redis.url(), &redis.client().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_concurrent_worker_runs_on_a_cluster_publish_each_notice_once() {
+    let cluster = RedisCluster::start();
+    five_concurrent_workers(&cluster.url(), &cluster.client().await).await;
+}
+
+/// Five `worker --once` at the same time over 40 owing tenants: each notice once.
+async fn five_concurrent_workers(url: &str, r: &Client) {
     let past = rfc3339_in(-3600);
     let tenants: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
     for t in &tenants {
-        seed_owing_tenant(&r, t, &past).await;
+        seed_owing_tenant(r, t, &past).await;
     }
-    let url = redis.url();
     let workers: Vec<_> = (0..5)
         .map(|_| {
-            let url = url.clone();
+            let url = url.to_owned();
             std::thread::spawn(move || {
                 run_cli(
                     &["worker", "--once"],
@@ -591,13 +603,13 @@ async fn five_concurrent_worker_runs_publish_each_notice_once() {
         assert!(status.success(), "worker --once failed: {stderr}");
     }
     for t in &tenants {
-        assert_eq!(history_types(&r, t).await, owed(), "tenant {t}");
+        assert_eq!(history_types(r, t).await, owed(), "tenant {t}");
     }
     // A later run owes nothing.
-    let (status, _, _) = run_cli(&["worker", "--once"], &[("REDIS_URL", &url)]);
+    let (status, _, _) = run_cli(&["worker", "--once"], &[("REDIS_URL", url)]);
     assert!(status.success());
     for t in &tenants {
-        assert_eq!(history_types(&r, t).await.len(), 5, "tenant {t}");
+        assert_eq!(history_types(r, t).await.len(), 5, "tenant {t}");
     }
 }
 

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     Applied, Change, Engine, EngineError, EventSink, Expect, History, HistoryConfig, NodeStats,
-    Published, TenantRecord,
+    Position, Published, TenantRecord,
 };
 use crate::protocol::{EventDraft, EventId, now_ms};
 
@@ -193,6 +193,7 @@ impl Engine for MemoryEngine {
         &self,
         tenant: &str,
         after: Option<EventId>,
+        position: Position,
     ) -> Result<History, EngineError> {
         let tenants = self.lock_tenants()?;
         let Some(entries) = tenants
@@ -206,6 +207,7 @@ impl Engine for MemoryEngine {
             None => 0,
             Some(after) => match entries.binary_search_by(|(id, _)| id.cmp(&after)) {
                 Ok(i) => i + 1,
+                Err(i) if position == Position::ByOrder && i > 0 => i,
                 Err(_) => {
                     let (first, last) = (entries[0].0, entries[entries.len() - 1].0);
                     return Ok(History::miss(after, first, last));

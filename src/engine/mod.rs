@@ -87,6 +87,17 @@ impl History {
     }
 }
 
+/// How [`Engine::history_after`] treats an id that is not itself in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A client's `lastEventId`: it must name a retained event, else the client resyncs.
+    Exact,
+    /// A node's own gap: every event after the id by id order, provided the history reaches
+    /// back that far. A failover may lose the newest entries a node had already delivered
+    /// (replication is asynchronous); what follows them is still owed.
+    ByOrder,
+}
+
 /// History retention (SPEC §1 `HISTORY_SIZE`, `HISTORY_TTL_SECS`).
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryConfig {
@@ -259,11 +270,12 @@ pub trait Engine: Send + Sync + 'static {
     async fn subscribe(&self, tenant: &str) -> Result<Option<EventId>, EngineError>;
 
     /// The tenant's events after `after` (all retained events when `None`), at most the
-    /// history size.
+    /// history size; `position` says whether `after` must itself be retained.
     async fn history_after(
         &self,
         tenant: &str,
         after: Option<EventId>,
+        position: Position,
     ) -> Result<History, EngineError>;
 
     /// Stops receiving `tenant`'s events on this node.

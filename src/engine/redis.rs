@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::{
     Applied, Change, Engine, EngineError, EventSink, Expect, History, HistoryConfig, NODE_TTL,
-    NodeStats, Published, TenantRecord,
+    NodeStats, Position, Published, TenantRecord,
 };
 use crate::protocol::{EventId, check_channel_payload, now_ms};
 
@@ -132,14 +132,24 @@ return cjson.encode({doc = doc, usage = redis.call('HGETALL', KEYS[2]), notices 
 /// The tenant's events after an id (resume, gap filling). The id must be in the stream: an id
 /// that was trimmed, never existed, or belongs to a history lost with a Redis restart cannot be
 /// resumed from, and the reply says which (Centrifugo's epoch check, by exact match).
-/// KEYS: history stream. ARGV: the id (`-` for everything), max entries.
+/// With ARGV[3] = `order` (a node's own gap fill) an absent id is enough when the history
+/// reaches back to it: everything after it by id order follows.
+/// KEYS: history stream. ARGV: the id (`-` for everything), max entries, `exact` | `order`.
 /// Reply: `ok, id1, event1, …` | `miss, first, last` | `empty`.
 const HISTORY_LUA: &str = r#"
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #first == 0 then return {'empty'} end
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
 local start = '-'
 if ARGV[1] ~= '-' then
-  if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  local present = #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0
+  local covered = ARGV[3] == 'order' and not before(ARGV[1], first[1][1])
+  if not present and not covered then
     local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
     return {'miss', first[1][1], last[1][1]}
   end
@@ -209,6 +219,29 @@ fn flat_pairs<'de, D: serde::Deserializer<'de>>(
     Ok(out)
 }
 
+/// Our `redis-cluster://a:1,b:2,…` form (SPEC §1) as fred's `redis-cluster://a:1?node=b:2&…`.
+fn fred_url(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("redis-cluster://") else {
+        return url.to_owned();
+    };
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let (hosts, query) = hosts.split_once('?').unwrap_or((hosts, ""));
+    let mut nodes = hosts.split(',').map(str::trim).filter(|h| !h.is_empty());
+    let first = nodes.next().unwrap_or_default();
+    let mut params: Vec<String> = nodes.map(|n| format!("node={n}")).collect();
+    if !query.is_empty() {
+        params.push(query.to_owned());
+    }
+    if params.is_empty() {
+        format!("redis-cluster://{auth}{first}")
+    } else {
+        format!("redis-cluster://{auth}{first}?{}", params.join("&"))
+    }
+}
+
 /// How the engine connects: long-lived nodes reconnect forever; one-shot CLI commands fail fast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectMode {
@@ -223,6 +256,8 @@ pub struct RedisEngine {
     client: Client,
     config: Config,
     mode: ConnectMode,
+    /// Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`), scans on every master.
+    cluster: bool,
     history: HistoryConfig,
     apply_script: Script,
     load_script: Script,
@@ -235,10 +270,26 @@ pub struct RedisEngine {
 /// Health shared with the background tasks.
 #[derive(Default)]
 struct RedisState {
+    /// Tenant channels this node wants, kept here rather than trusting the client's own list:
+    /// a server drops sharded subscriptions silently when their slot moves, and fred does not
+    /// forget them either, so only this set says what to restore.
+    wanted: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Subscriber connected and every tracked channel resubscribed.
     subscriptions_ok: AtomicBool,
     /// Last command-connection health check succeeded.
     commands_ok: AtomicBool,
+}
+
+impl RedisState {
+    /// Adds or removes a wanted tenant channel.
+    fn want(&self, tenant: &str, wanted: bool) {
+        let mut set = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted {
+            set.insert(tenant.to_owned());
+        } else {
+            set.remove(tenant);
+        }
+    }
 }
 
 fn unavailable(e: fred::error::Error) -> EngineError {
@@ -246,20 +297,23 @@ fn unavailable(e: fred::error::Error) -> EngineError {
 }
 
 impl RedisEngine {
-    /// Parses the URL and connects the command client. `redis-cluster://` is refused until
-    /// cluster support lands.
+    /// Parses the URL (`redis://`, or `redis-cluster://host:port[,host:port…]`) and connects
+    /// the command client.
     pub async fn connect(
         url: &str,
         history: HistoryConfig,
         mode: ConnectMode,
     ) -> Result<Self, EngineError> {
-        let config = Config::from_url(url).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let cluster = url.starts_with("redis-cluster://");
+        let config = Config::from_url(&fred_url(url))
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
         let client = Self::builder(&config, mode).build().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         let engine = Self {
             client,
             config,
             mode,
+            cluster,
             history,
             apply_script: Script::from_lua(APPLY_LUA),
             load_script: Script::from_lua(LOAD_LUA),
@@ -356,6 +410,31 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink) {
     }
 }
 
+/// Subscribes every wanted tenant channel again; returns how many. Sharded channels go one per
+/// call: a call may only name channels of one slot (CROSSSLOT), and fred routes each to the
+/// master that owns its slot now.
+async fn restore(
+    sub: &SubscriberClient,
+    cluster: bool,
+    state: &RedisState,
+) -> Result<usize, fred::error::Error> {
+    let channels: Vec<String> = state
+        .wanted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|t| events_channel(t))
+        .collect();
+    if cluster {
+        for channel in &channels {
+            sub.ssubscribe(channel.as_str()).await?;
+        }
+    } else if !channels.is_empty() {
+        sub.subscribe(channels.clone()).await?;
+    }
+    Ok(channels.len())
+}
+
 #[async_trait]
 impl Engine for RedisEngine {
     fn name(&self) -> &'static str {
@@ -408,11 +487,14 @@ impl Engine for RedisEngine {
             }
         });
 
-        // Subscription keeper: resubscribes every tracked channel after a reconnect. Readiness
-        // is off from a connection error until that has succeeded.
+        // Subscription keeper: restores every wanted channel after a reconnect and, on a
+        // cluster, after a topology change (a failover or a moved slot drops sharded
+        // subscriptions). Readiness is off from a connection error until that has succeeded.
         let state = self.state.clone();
         let stop = shutdown.clone();
         let sub = subscriber.clone();
+        let cluster = self.cluster;
+        let mut changes = subscriber.cluster_change_rx();
         tracker.spawn(async move {
             loop {
                 tokio::select! {
@@ -422,32 +504,42 @@ impl Engine for RedisEngine {
                             state.subscriptions_ok.store(false, Ordering::Relaxed);
                             tracing::warn!(%error, "redis subscriber connection error");
                         }
+                        continue;
                     }
-                    r = reconnects.recv() => {
-                        if r.is_err() { continue; }
-                        state.subscriptions_ok.store(false, Ordering::Relaxed);
-                        // Nothing arrives before the resubscribe below, so holding live events
-                        // from here loses none and lets the gap fill go first.
-                        let sink = keeper_sink.upgrade();
-                        if let Some(sink) = &sink { sink.gap_begins(); }
-                        loop {
-                            match sub.resubscribe_all().await {
-                                Ok(()) => break,
-                                Err(error) => {
-                                    tracing::warn!(%error, "resubscribe failed; retrying");
-                                    tokio::select! {
-                                        _ = stop.cancelled() => return,
-                                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                                    }
-                                }
+                    r = reconnects.recv() => if r.is_err() { continue },
+                    c = changes.recv(), if cluster => match c {
+                        Ok(change) => tracing::info!(?change, "redis cluster topology changed"),
+                        Err(_) => continue,
+                    },
+                }
+                state.subscriptions_ok.store(false, Ordering::Relaxed);
+                // Nothing arrives before the resubscribe below, so holding live events from
+                // here loses none and lets the gap fill go first.
+                let sink = keeper_sink.upgrade();
+                if let Some(sink) = &sink {
+                    sink.gap_begins();
+                }
+                let restored = loop {
+                    match restore(&sub, cluster, &state).await {
+                        Ok(n) => break n,
+                        Err(error) => {
+                            tracing::warn!(%error, "resubscribe failed; retrying");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                             }
                         }
-                        state.subscriptions_ok.store(true, Ordering::Relaxed);
-                        if let Some(sink) = &sink { sink.gap_ends(); }
-                        crate::metrics::redis_reconnected();
-                        tracing::info!(channels = sub.tracked_channels().len(), "redis subscriber (re)connected; subscriptions restored");
                     }
+                };
+                state.subscriptions_ok.store(true, Ordering::Relaxed);
+                if let Some(sink) = &sink {
+                    sink.gap_ends();
                 }
+                crate::metrics::redis_reconnected();
+                tracing::info!(
+                    channels = restored,
+                    "redis subscriber (re)connected; subscriptions restored"
+                );
             }
         });
 
@@ -524,7 +616,7 @@ impl Engine for RedisEngine {
         let args: Vec<Value> = vec![
             (self.history.size as i64).into(),
             (self.history.ttl.as_millis() as i64).into(),
-            "PUBLISH".into(),
+            if self.cluster { "SPUBLISH" } else { "PUBLISH" }.into(),
             spec.into(),
         ];
         // The Redis hop of the publish trace (OpenTelemetry database client conventions).
@@ -597,12 +689,20 @@ impl Engine for RedisEngine {
 
     async fn licensed_tenants(&self) -> Result<Vec<String>, EngineError> {
         use futures_util::TryStreamExt;
-        let keys: Vec<Key> = self
-            .client
-            .scan_buffered("license:doc:{*}", Some(1000), None)
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let pattern = "license:doc:{*}";
+        let keys: Vec<Key> = if self.cluster {
+            // Every master holds part of the keyspace.
+            self.client
+                .scan_cluster_buffered(pattern, Some(1000), None)
+                .try_collect()
+                .await
+        } else {
+            self.client
+                .scan_buffered(pattern, Some(1000), None)
+                .try_collect()
+                .await
+        }
+        .map_err(unavailable)?;
         Ok(keys
             .iter()
             .filter_map(|k| k.as_str())
@@ -635,10 +735,19 @@ impl Engine for RedisEngine {
     }
 
     async fn subscribe(&self, tenant: &str) -> Result<Option<EventId>, EngineError> {
-        self.subscriber()?
-            .subscribe(events_channel(tenant))
-            .await
-            .map_err(unavailable)?;
+        let subscriber = self.subscriber()?;
+        // Wanted first: a reconnect racing this call restores it too.
+        self.state.want(tenant, true);
+        let channel = events_channel(tenant);
+        let subscribed = if self.cluster {
+            subscriber.ssubscribe(channel).await
+        } else {
+            subscriber.subscribe(channel).await
+        };
+        if let Err(error) = subscribed {
+            self.state.want(tenant, false);
+            return Err(unavailable(error));
+        }
         let last: Option<String> = self
             .last_id_script
             .evalsha_with_reload(&self.client, vec![history_key(tenant)], Vec::<Value>::new())
@@ -651,9 +760,14 @@ impl Engine for RedisEngine {
         &self,
         tenant: &str,
         after: Option<EventId>,
+        position: Position,
     ) -> Result<History, EngineError> {
         let from = after.map_or_else(|| "-".to_owned(), |id| id.to_string());
-        let args: Vec<Value> = vec![from.into(), (self.history.size as i64).into()];
+        let mode = match position {
+            Position::Exact => "exact",
+            Position::ByOrder => "order",
+        };
+        let args: Vec<Value> = vec![from.into(), (self.history.size as i64).into(), mode.into()];
         let reply: Vec<String> = self
             .history_script
             .evalsha_with_reload(&self.client, vec![history_key(tenant)], args)
@@ -680,10 +794,15 @@ impl Engine for RedisEngine {
     }
 
     async fn unsubscribe(&self, tenant: &str) -> Result<(), EngineError> {
-        self.subscriber()?
-            .unsubscribe(events_channel(tenant))
-            .await
-            .map_err(unavailable)
+        let subscriber = self.subscriber()?;
+        self.state.want(tenant, false);
+        let channel = events_channel(tenant);
+        if self.cluster {
+            subscriber.sunsubscribe(channel).await
+        } else {
+            subscriber.unsubscribe(channel).await
+        }
+        .map_err(unavailable)
     }
 
     async fn report_node(&self, stats: &NodeStats) -> Result<(), EngineError> {
@@ -762,5 +881,18 @@ mod tests {
         assert_eq!(history_key("acme"), "license:history:{acme}");
         assert_eq!(tenant_of_channel("license:events:{acme}"), Some("acme"));
         assert_eq!(tenant_of_channel("license:other:{acme}"), None);
+    }
+
+    #[test]
+    fn cluster_urls_become_fred_urls() {
+        assert_eq!(fred_url("redis://a:1"), "redis://a:1");
+        assert_eq!(fred_url("redis-cluster://a:1"), "redis-cluster://a:1");
+        assert_eq!(
+            fred_url("redis-cluster://u:p@a:1,b:2, c:3"),
+            "redis-cluster://u:p@a:1?node=b:2&node=c:3"
+        );
+        assert!(
+            Config::from_url(&fred_url("redis-cluster://127.0.0.1:7000,127.0.0.1:7001")).is_ok()
+        );
     }
 }

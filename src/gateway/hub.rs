@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{EngineError, EventSink, History, SharedEngine};
+use crate::engine::{EngineError, EventSink, History, Position, SharedEngine};
 use crate::protocol::{CloseReason, EventId, ServerMessage};
 
 /// How long a first session waits for its tenant's subscription before giving up.
@@ -419,7 +419,10 @@ impl Hub {
             Some(entry) => entry.last_id.or(entry.baseline),
             None => return true,
         };
-        let history = self.engine.history_after(tenant, last).await;
+        let history = self
+            .engine
+            .history_after(tenant, last, Position::ByOrder)
+            .await;
         let mut shard = self.shard(tenant);
         let Some(entry) = shard.get_mut(tenant) else {
             return true;
