@@ -208,3 +208,78 @@ async fn a_master_killed_mid_stream_loses_no_event_that_reached_the_history() {
         "{delivered_not_kept} event(s) were delivered but lost from the history by the failover (asynchronous replication)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_slot_moves_keeps_its_events() {
+    let cluster = RedisCluster::start();
+    let node = Gateway::start(GatewayOptions::cluster(&cluster)).await;
+    let tenant = "moving";
+    let ch = channel(tenant);
+    let (mut client, _) = WsClient::connected(&node.ws_url(), &tenant_token(tenant)).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let e = publish(node.port, tenant, "module_activated", json!({"module": i})).await;
+        ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let source = cluster.master_of(&ch);
+    let target = *cluster.masters().iter().find(|m| **m != source).unwrap();
+    assert_eq!(shard_subscribers(&cluster, source, &ch), 1);
+
+    // Move the tenant's slot, keys and all, as `redis-cli --cluster reshard` does.
+    let slot = cluster
+        .cli(source, &["cluster", "keyslot", &ch])
+        .trim()
+        .to_owned();
+    let id_of = |port: u16| cluster.cli(port, &["cluster", "myid"]).trim().to_owned();
+    let (source_id, target_id) = (id_of(source), id_of(target));
+    cluster.cli(
+        target,
+        &["cluster", "setslot", &slot, "importing", &source_id],
+    );
+    cluster.cli(
+        source,
+        &["cluster", "setslot", &slot, "migrating", &target_id],
+    );
+    let keys = cluster.cli(source, &["cluster", "getkeysinslot", &slot, "100"]);
+    let keys: Vec<&str> = keys.split_whitespace().collect();
+    assert!(
+        keys.contains(&format!("license:history:{{{tenant}}}").as_str()),
+        "the history is in the slot: {keys:?}"
+    );
+    let port = target.to_string();
+    let mut migrate = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
+    migrate.extend(keys.iter().copied());
+    let out = cluster.cli(source, &migrate);
+    assert!(out.contains("OK"), "migrate: {out}");
+    for m in [target, source] {
+        cluster.cli(m, &["cluster", "setslot", &slot, "node", &target_id]);
+    }
+    for m in cluster.masters() {
+        cluster.cli(m, &["cluster", "setslot", &slot, "node", &target_id]);
+    }
+    assert_eq!(cluster.master_of(&ch), target);
+
+    // The node notices the new layout and subscribes on the slot's new master.
+    let moved_at = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "subscription on the new master",
+        || std::future::ready((shard_subscribers(&cluster, target, &ch) == 1).then_some(())),
+    )
+    .await;
+    println!(
+        "subscription followed the slot in {:.2} s",
+        moved_at.elapsed().as_secs_f64()
+    );
+    for i in 3..6 {
+        let e = publish(node.port, tenant, "module_activated", json!({"module": i})).await;
+        ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let got: Vec<String> = client
+        .drain(Duration::from_millis(800))
+        .await
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("not an event").to_owned())
+        .collect();
+    assert_eq!(got, ids, "every event once, in order, across the move");
+}

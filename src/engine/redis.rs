@@ -410,6 +410,20 @@ fn dispatch(message: fred::types::Message, sink: &dyn EventSink) {
     }
 }
 
+/// The cluster's slot ranges and their masters as the subscriber routes them (empty when not
+/// a cluster).
+fn slot_layout(sub: &SubscriberClient) -> Vec<(u16, u16, String)> {
+    sub.cached_cluster_state()
+        .map(|routing| {
+            routing
+                .slots()
+                .iter()
+                .map(|r| (r.start, r.end, r.primary.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Subscribes every wanted tenant channel again; returns how many. Sharded channels go one per
 /// call: a call may only name channels of one slot (CROSSSLOT), and fred routes each to the
 /// master that owns its slot now.
@@ -496,6 +510,8 @@ impl Engine for RedisEngine {
         let cluster = self.cluster;
         let mut changes = subscriber.cluster_change_rx();
         tracker.spawn(async move {
+            // fred reports every resync as a change; only a new slot layout needs a restore.
+            let mut layout = slot_layout(&sub);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -507,10 +523,12 @@ impl Engine for RedisEngine {
                         continue;
                     }
                     r = reconnects.recv() => if r.is_err() { continue },
-                    c = changes.recv(), if cluster => match c {
-                        Ok(change) => tracing::info!(?change, "redis cluster topology changed"),
-                        Err(_) => continue,
-                    },
+                    c = changes.recv(), if cluster => {
+                        if c.is_err() || slot_layout(&sub) == layout {
+                            continue;
+                        }
+                        tracing::info!("redis cluster slots moved; restoring subscriptions");
+                    }
                 }
                 state.subscriptions_ok.store(false, Ordering::Relaxed);
                 // Nothing arrives before the resubscribe below, so holding live events from
@@ -531,6 +549,7 @@ impl Engine for RedisEngine {
                         }
                     }
                 };
+                layout = slot_layout(&sub);
                 state.subscriptions_ok.store(true, Ordering::Relaxed);
                 if let Some(sink) = &sink {
                     sink.gap_ends();
@@ -542,6 +561,26 @@ impl Engine for RedisEngine {
                 );
             }
         });
+
+        // On a cluster, re-read the slot layout every 2 s: a slot moved by resharding drops its
+        // sharded subscriptions without any error the client would notice, and the keeper
+        // above restores them when the layout it sees has changed.
+        if self.cluster {
+            let sub = subscriber.clone();
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(error) = sub.sync_cluster().await {
+                        tracing::debug!(%error, "cluster slot refresh failed");
+                    }
+                }
+            });
+        }
 
         // Health check of the command connection: one PING a second.
         let state = self.state.clone();
