@@ -213,6 +213,20 @@ fn envelope_id(text: &[u8]) -> Option<EventId> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// Starts one [`drive`] task per connection on the current `LocalSet`.
+pub fn drive_all(
+    streams: Vec<(usize, Ws)>,
+    shared: &Rc<Shared>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<Tally>> {
+    streams
+        .into_iter()
+        .map(|(tenant, ws)| {
+            tokio::task::spawn_local(drive(ws, tenant, shared.clone(), stop.clone()))
+        })
+        .collect()
+}
+
 /// Reads `ws` until `stop`, tallying load-test events (`data` = `{"k":tenant,"seq":n,"t":µs}`).
 pub async fn drive(
     mut ws: Ws,

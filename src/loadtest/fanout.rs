@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::clients::{Shared, drive};
+use super::clients::{Shared, drive_all};
 use super::report::{Delivery, Latency, Report};
 use super::{FanoutArgs, LoadtestError, PublishVia, connect_phase, procstat};
 use crate::auth::Signer;
@@ -147,12 +147,7 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
     }
     let shared = Shared::new();
     let stop = CancellationToken::new();
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|(tenant, ws)| {
-            tokio::task::spawn_local(drive(ws, tenant, shared.clone(), stop.clone()))
-        })
-        .collect();
+    let tasks = drive_all(streams, &shared, &stop);
 
     let total = args
         .events

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::clients::{Shared, drive};
+use super::clients::{Shared, drive_all};
 use super::report::Report;
 use super::{IdleArgs, LoadtestError, connect_phase};
 
@@ -14,12 +14,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, LoadtestError> {
     let (streams, mut report) = connect_phase("idle", &args.common).await?;
     let shared = Shared::new();
     let stop = CancellationToken::new();
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|(tenant, ws)| {
-            tokio::task::spawn_local(drive(ws, tenant, shared.clone(), stop.clone()))
-        })
-        .collect();
+    let tasks = drive_all(streams, &shared, &stop);
     tokio::time::sleep(Duration::from_secs_f64(args.hold_secs.max(0.0))).await;
     stop.cancel();
     for task in tasks {
