@@ -168,12 +168,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
     };
 
     let addr = std::net::SocketAddr::new(args.host, args.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| CommandError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+    let listener = bind(addr).await?;
     let state = AppState::new(settings, verifier, engine, rules);
     if args.demo {
         seed_demo(&state).await?;
@@ -334,18 +329,23 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
     result
 }
 
+/// Binds a listen address, naming it in the error.
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, CommandError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CommandError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
 /// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown`.
 async fn serve_metrics(
     addr: std::net::SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, CommandError> {
     crate::metrics::install();
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| CommandError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+    let listener = bind(addr).await?;
     tracing::info!(%addr, "worker metrics listening");
     let app = crate::api::probe_routes::<()>();
     Ok(tokio::spawn(async move {
