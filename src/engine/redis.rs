@@ -307,7 +307,9 @@ impl RedisEngine {
         let cluster = url.starts_with("redis-cluster://");
         let config = Config::from_url(&fred_url(url))
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let client = Self::builder(&config, mode).build().map_err(unavailable)?;
+        let client = Self::builder(&config, mode, false)
+            .build()
+            .map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         let engine = Self {
             client,
@@ -326,7 +328,8 @@ impl RedisEngine {
         Ok(engine)
     }
 
-    fn builder(config: &Config, mode: ConnectMode) -> Builder {
+    /// A client builder; `subscriber` for the one that receives pub/sub messages.
+    fn builder(config: &Config, mode: ConnectMode, subscriber: bool) -> Builder {
         let mut builder = Builder::from_config(config.clone());
         builder.with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
@@ -337,7 +340,11 @@ impl RedisEngine {
             p.default_command_timeout = Duration::from_secs(3);
             // fred's default of 32 drops messages (`Lagged`) as soon as the receive loop falls
             // behind a burst; the loop only hands bytes to the hub, so a deep buffer is cheap.
-            p.broadcast_channel_capacity = 16_384;
+            // Only the subscriber gets one: fred preallocates every notification channel of a
+            // client at this size, about 10 MiB of RSS per client.
+            if subscriber {
+                p.broadcast_channel_capacity = 16_384;
+            }
         });
         if mode == ConnectMode::Service {
             // Without a policy fred never reconnects (STACK-NOTES). Unlimited attempts, 100 ms
@@ -461,7 +468,7 @@ impl Engine for RedisEngine {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<(), EngineError> {
-        let subscriber = Self::builder(&self.config, self.mode)
+        let subscriber = Self::builder(&self.config, self.mode, true)
             .build_subscriber_client()
             .map_err(unavailable)?;
         // Listeners first, so the first (re)connect event is not missed.
