@@ -107,12 +107,13 @@ async fn open(mut socket: WebSocket, state: AppState, handshake: Handshake) -> O
 struct SessionSpan<'a> {
     tenant: &'a str,
     node: &'a str,
-    connection: &'a str,
+    /// This connection's number on the node; its id is `<node>-<number>`.
+    connection: u64,
     span: std::sync::OnceLock<tracing::Span>,
 }
 
 impl<'a> SessionSpan<'a> {
-    fn new(tenant: &'a str, node: &'a str, connection: &'a str) -> Self {
+    fn new(tenant: &'a str, node: &'a str, connection: u64) -> Self {
         let span = Self {
             tenant,
             node,
@@ -125,13 +126,18 @@ impl<'a> SessionSpan<'a> {
         span
     }
 
+    /// `<node>-<number>`, as in `connected` and the logs.
+    fn connection_id(&self) -> String {
+        format!("{}-{}", self.node, self.connection)
+    }
+
     fn get(&self) -> &tracing::Span {
         self.span.get_or_init(|| {
             tracing::info_span!(
                 "session",
                 tenant = self.tenant,
                 node = self.node,
-                connection = self.connection
+                connection = %self.connection_id()
             )
         })
     }
@@ -159,8 +165,8 @@ impl Live {
             metrics::session_opened();
             let state = &self.state;
             let node = state.settings.node_id.as_str();
-            let connection_id = format!("{node}-{}", state.next_connection_id());
-            let span = SessionSpan::new(self.membership.tenant(), node, &connection_id);
+            // The id is formatted where it is shown, not kept for the session's life.
+            let span = SessionSpan::new(self.membership.tenant(), node, state.next_connection_id());
             let session = Session {
                 socket: &mut self.socket,
                 state,
@@ -169,7 +175,7 @@ impl Live {
                 expires_at: self.expires_at,
                 last_sent: None,
             };
-            let reason = session.serve(&connection_id, self.resume.as_deref()).await;
+            let reason = session.serve(self.resume.as_deref()).await;
             state.hub.leave(&self.membership);
             metrics::session_ended();
             metrics::closed(reason);
@@ -203,14 +209,10 @@ impl Session<'_> {
     /// (This and `send` return `async move` blocks rather than being `async fn`s, which would
     /// store their arguments twice in futures that every session carries.)
     #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
-    fn serve(
-        mut self,
-        connection_id: &str,
-        resume: Option<&str>,
-    ) -> impl Future<Output = Option<CloseReason>> {
+    fn serve(mut self, resume: Option<&str>) -> impl Future<Output = Option<CloseReason>> {
         async move {
             // Boxed: the greeting's state is not carried for the session's life.
-            let greeting = Box::pin(self.greet(connection_id, resume));
+            let greeting = Box::pin(self.greet(resume));
             if !greeting.await {
                 return None;
             }
@@ -292,7 +294,7 @@ impl Session<'_> {
     }
 
     /// Sends `connected`, then replays the history after `resume`; false when the socket failed.
-    async fn greet(&mut self, connection_id: &str, resume: Option<&str>) -> bool {
+    async fn greet(&mut self, resume: Option<&str>) -> bool {
         // A fresh session's stream starts after the tenant's current position: the client gets
         // it in `connected`, so it can resume exactly even before its first event.
         if resume.is_none() {
@@ -301,7 +303,7 @@ impl Session<'_> {
         let position = self.last_sent.map(|id| id.to_string());
         let connected = ServerMessage::Connected {
             tenant_id: self.membership.tenant(),
-            connection_id,
+            connection_id: &self.span.connection_id(),
             node: &self.state.settings.node_id,
             last_event_id: position,
         };
