@@ -123,6 +123,10 @@ pub struct Membership {
     id: u64,
     /// The session's outbox.
     pub outbox: Arc<Outbox>,
+    /// The tenant's position when the outbox joined, read under the same lock: every event
+    /// after it reaches the outbox, none before it does. `None` when the node had no position
+    /// for the tenant yet (its first session); [`Hub::position`] tells it after subscribing.
+    pub start: Option<EventId>,
 }
 
 impl Membership {
@@ -206,7 +210,7 @@ impl Hub {
     pub async fn join(self: &Arc<Self>, tenant: &str) -> Result<Membership, EngineError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue_len));
-        let (key, subscribed) = {
+        let (key, subscribed, start) = {
             let mut shard = self.shard(tenant);
             let (key, entry) = match shard.get_key_value(tenant) {
                 Some((k, _)) => {
@@ -228,12 +232,17 @@ impl Hub {
                 }
             };
             entry.sessions.insert(id, outbox.clone());
-            (key, entry.subscribed.clone())
+            (
+                key,
+                entry.subscribed.clone(),
+                entry.last_id.or(entry.baseline),
+            )
         };
         let membership = Membership {
             tenant: key,
             id,
             outbox,
+            start,
         };
         let mut is_subscribed = subscribed.lock().await;
         if !*is_subscribed {

@@ -298,7 +298,12 @@ impl Session<'_> {
         // A fresh session's stream starts after the tenant's current position: the client gets
         // it in `connected`, so it can resume exactly even before its first event.
         if resume.is_none() {
-            self.last_sent = self.state.hub.position(self.membership.tenant());
+            // Read when the outbox joined when possible: a position read now could already
+            // include an event that is waiting in the outbox, which would then be skipped.
+            self.last_sent = self
+                .membership
+                .start
+                .or_else(|| self.state.hub.position(self.membership.tenant()));
         }
         let position = self.last_sent.map(|id| id.to_string());
         let connected = ServerMessage::Connected {
