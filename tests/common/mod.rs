@@ -738,9 +738,14 @@ impl Gateway {
 
     /// Starts a looping validator worker (`worker` subcommand) on `redis`.
     pub fn worker(redis: &Redis, args: &[&str]) -> Self {
+        Self::worker_on(GatewayOptions::redis(redis), args)
+    }
+
+    /// Starts a `worker` with `args` on the engine `options` name.
+    pub fn worker_on(options: GatewayOptions, args: &[&str]) -> Self {
         let mut all = vec!["worker"];
         all.extend_from_slice(args);
-        Self::spawn_args(&all, GatewayOptions::redis(redis))
+        Self::spawn_args(&all, options)
     }
 
     /// Starts the binary with `args` and the test environment.
@@ -1361,18 +1366,7 @@ impl Deployment {
             (_, Some(c)) => GatewayOptions::cluster(c),
             _ => return None,
         };
-        let mut all = vec!["worker"];
-        all.extend_from_slice(args);
-        Some(Gateway::spawn_args(&all, options))
-    }
-
-    /// A fred client of the deployment's Redis or cluster (none on the embedded engine).
-    pub async fn redis_client(&self) -> Option<Client> {
-        match (&self.redis, &self.cluster) {
-            (Some(r), _) => Some(r.client().await),
-            (_, Some(c)) => Some(c.client().await),
-            _ => None,
-        }
+        Some(Gateway::worker_on(options, args))
     }
 
     pub fn ws_url(&self) -> String {
