@@ -23,7 +23,7 @@ pub struct Claims {
     pub expires_at: u64,
 }
 
-/// Why a token was refused. Displays as the SPEC close reason text.
+/// Why a token was refused. Displays as the close reason text of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No token was presented.
@@ -255,13 +255,11 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 pub struct TenantAuth {
     /// The tenant.
     pub tenant: String,
-    /// All verified claims.
-    pub claims: Claims,
 }
 
-/// A request authenticated with an admin token.
-#[derive(Debug, Clone)]
-pub struct AdminAuth(pub Claims);
+/// Proof that a request was authenticated with an admin token; handlers take it to require one.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuth;
 
 /// Refusal of an API request: 401 for a missing or bad token, 403 for the wrong kind of token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +291,7 @@ where
         if !claims.admin {
             return Err(ApiAuthError::Forbidden);
         }
-        Ok(AdminAuth(claims))
+        Ok(AdminAuth)
     }
 }
 
@@ -308,7 +306,7 @@ where
         let verifier = Arc::<Verifier>::from_ref(state);
         let claims = claims_from_parts(parts, &verifier)?;
         match claims.tenant.clone() {
-            Some(tenant) => Ok(TenantAuth { tenant, claims }),
+            Some(tenant) => Ok(TenantAuth { tenant }),
             None if claims.admin => Err(ApiAuthError::Forbidden),
             None => Err(ApiAuthError::Unauthenticated(AuthError::Invalid)),
         }
@@ -320,14 +318,7 @@ mod tests {
     use super::*;
 
     fn args(secret: &str) -> AuthArgs {
-        AuthArgs {
-            jwt_secret: Some(secret.into()),
-            jwt_public_key: None,
-            jwt_issuer: None,
-            jwt_audience: None,
-            jwt_tenant_claim: "tenantId".into(),
-            jwt_leeway_secs: 0,
-        }
+        AuthArgs::hs256(secret)
     }
 
     #[test]

@@ -9,14 +9,15 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{self, AppState};
 use crate::auth::{Signer, Verifier, valid_tenant_id};
 use crate::config::{
     AuthArgs, ConfigError, HealthcheckArgs, PublishArgs, ServeArgs, TokenArgs, WorkerArgs,
 };
 use crate::engine::memory::MemoryEngine;
-use crate::engine::redis::{ConnectMode, RedisEngine};
-use crate::engine::{EngineError, HistoryConfig, SharedEngine};
-use crate::gateway::{self, AppState, Settings};
+use crate::engine::redis::{self, ConnectMode, RedisEngine};
+use crate::engine::{EngineError, Engines, HistoryConfig};
+use crate::gateway::Settings;
 use crate::protocol::{EventDraft, EventType};
 
 /// A failed command, with the exit code it maps to.
@@ -39,7 +40,7 @@ pub enum CommandError {
     Validator(#[from] crate::worker::ValidatorError),
     /// Exit 1: the server failed.
     #[error(transparent)]
-    Gateway(#[from] gateway::GatewayError),
+    Serve(#[from] app::AppError),
     /// Exit 1: the load test could not run.
     #[error(transparent)]
     Loadtest(#[from] crate::loadtest::LoadtestError),
@@ -106,25 +107,8 @@ async fn connect_redis(
     }
 }
 
-/// Checks the URL scheme before any connection attempt (a typo fails at start-up, exit 2).
-fn check_redis_url(url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("redis://") || url.starts_with("redis-cluster://") {
-        Ok(())
-    } else if url.starts_with("rediss://") || url.starts_with("rediss-cluster://") {
-        Err(ConfigError::new(
-            "REDIS_URL",
-            "TLS to Redis (rediss://) is not supported by this build yet",
-        ))
-    } else {
-        Err(ConfigError::new(
-            "REDIS_URL",
-            "expected redis://host:port or redis-cluster://host:port[,host:port…]",
-        ))
-    }
-}
-
-/// `serve`: runs a gateway node until SIGTERM/SIGINT.
-pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
+/// `serve`: runs a gateway node named `node_id` until SIGTERM/SIGINT.
+pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandError> {
     crate::metrics::install();
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone());
@@ -140,7 +124,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
     let verifier = Verifier::from_args(&args.auth)?;
     let (drain_delay, drain_window) = args.drain()?;
     let settings = Settings {
-        node_id: args.node_id.clone().unwrap_or_else(default_node_id),
+        node_id,
         allowed_origins: args.origins()?,
         max_connections: args.max_connections,
         max_frame_bytes: args.max_frame_bytes as usize,
@@ -150,31 +134,31 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), CommandError> {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         drain_delay,
         drain_window,
-        // On Redis the `worker` command validates; the embedded engine does it in-process.
-        embedded_validator: args
-            .redis
-            .redis_url
-            .is_none()
-            .then_some(Duration::from_secs(60)),
     };
-    let history = args.history.config();
+    // On Redis the `worker` command validates; the embedded engine does it in-process.
+    let embedded_validator = args
+        .redis
+        .redis_url
+        .is_none()
+        .then_some(Duration::from_secs(args.worker_interval_secs));
+    let history = HistoryConfig::from_args(&args.history);
     let rules = args.rules.rules()?;
-    let engine: SharedEngine = match &args.redis.redis_url {
+    let engines = match &args.redis.redis_url {
         Some(url) => {
-            check_redis_url(url)?;
-            Arc::new(connect_redis(url, history, &shutdown).await?)
+            redis::url::check(url)?;
+            Engines::of("redis", connect_redis(url, history, &shutdown).await?)
         }
-        None => Arc::new(MemoryEngine::new(history)),
+        None => Engines::of("memory", MemoryEngine::new(history)),
     };
 
     let addr = std::net::SocketAddr::new(args.host, args.port);
     let listener = bind(addr).await?;
-    let state = AppState::new(settings, verifier, engine, rules);
+    let state = AppState::new(settings, verifier, &engines, rules, embedded_validator);
     if args.demo {
         seed_demo(&state).await?;
         print_demo_banner(&args.auth, listener.local_addr().ok());
     }
-    gateway::run(listener, state, shutdown).await?;
+    app::run(listener, state, shutdown).await?;
     Ok(())
 }
 
@@ -285,10 +269,11 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
             "required: publish goes through Redis to every node",
         )
     })?;
-    check_redis_url(url)?;
-    let engine = RedisEngine::connect(url, args.history.config(), ConnectMode::OneShot).await?;
+    redis::url::check(url)?;
+    let history = HistoryConfig::from_args(&args.history);
+    let engine = RedisEngine::connect(url, history, ConnectMode::OneShot).await?;
     let draft = EventDraft::new(args.tenant.clone(), event_type, data);
-    let published = crate::engine::Engine::publish(&engine, &draft).await?;
+    let published = crate::engine::Broker::publish(&engine, &draft).await?;
     Ok(published.id.to_string())
 }
 
@@ -301,8 +286,8 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
             "required: the worker validates licenses stored in Redis",
         )
     })?;
-    check_redis_url(url)?;
-    let history = args.history.config();
+    redis::url::check(url)?;
+    let history = HistoryConfig::from_args(&args.history);
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone());
     let mode = if args.once {
@@ -310,12 +295,12 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
     } else {
         ConnectMode::Service
     };
-    let engine: SharedEngine = if args.once {
-        Arc::new(RedisEngine::connect(url, history, mode).await?)
+    let engine = if args.once {
+        RedisEngine::connect(url, history, mode).await?
     } else {
-        Arc::new(connect_redis(url, history, &shutdown).await?)
+        connect_redis(url, history, &shutdown).await?
     };
-    let validator = Arc::new(crate::worker::Validator::new(engine, rules));
+    let validator = Arc::new(crate::worker::Validator::new(Arc::new(engine), rules));
     let metrics_server = match args.metrics_addr {
         Some(addr) => Some(serve_metrics(addr, shutdown.clone()).await?),
         None => None,
@@ -383,22 +368,19 @@ async fn run_validator(
 
 /// `healthcheck`: `GET /healthz` on the local node within two seconds; no curl in the image.
 pub async fn healthcheck(args: &HealthcheckArgs) -> Result<(), CommandError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", args.port)).await?;
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
-    };
-    match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(CommandError::Incomplete(
-            "healthz did not answer 200".into(),
-        )),
-        Ok(Err(e)) => Err(CommandError::Incomplete(format!("healthz: {e}"))),
-        Err(_) => Err(CommandError::Incomplete("healthz timed out".into())),
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| CommandError::Incomplete(format!("healthz: {e}")))?;
+    let url = format!("http://127.0.0.1:{}/healthz", args.port);
+    match client.get(url).send().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(CommandError::Incomplete(format!(
+            "healthz answered {}",
+            response.status()
+        ))),
+        Err(e) if e.is_timeout() => Err(CommandError::Incomplete("healthz timed out".into())),
+        Err(e) => Err(CommandError::Incomplete(format!("healthz: {e}"))),
     }
 }

@@ -1,23 +1,12 @@
-//! Command line and configuration. Every setting is an environment variable (SPEC §1) that a flag
-//! may override; the value name of each flag is the variable's name, so a parse error names it.
+//! Configuration: the documented argument structs of each command. Every setting is an
+//! environment variable that a flag may override; the value name of each flag is the
+//! variable's name, so a parse error names it.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-/// Real-time license-event gateway.
-#[derive(Debug, Parser)]
-#[command(name = "license-gateway", version, about, propagate_version = true)]
-pub struct Cli {
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
-    /// Log format: `text` (default on a terminal) or `json` (default otherwise).
-    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", global = true)]
-    pub log_format: Option<LogFormat>,
-}
+use clap::{Args, ValueEnum};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,23 +15,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// The binary's roles.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// HTTP + WebSocket gateway (Redis engine with REDIS_URL, embedded engine without).
-    Serve(ServeArgs),
-    /// Mint a JWT signed with JWT_SECRET (development and tests).
-    Token(TokenArgs),
-    /// Publish one event through the engine's atomic publish path (needs REDIS_URL).
-    Publish(PublishArgs),
-    /// Validator worker on Redis: evaluates every license and publishes notices, exactly once.
-    Worker(WorkerArgs),
-    /// Exit 0 when the local node answers `GET /healthz` (container health checks).
-    Healthcheck(HealthcheckArgs),
-    /// Load generator for one node: idle connections or fan-out, measured (BENCHMARKS.md).
-    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 /// `healthcheck`: probe the local node.
@@ -173,6 +145,21 @@ pub struct AuthArgs {
     pub jwt_leeway_secs: u64,
 }
 
+#[cfg(test)]
+impl AuthArgs {
+    /// HS256 with `secret`, no issuer or audience, no leeway (unit tests).
+    pub(crate) fn hs256(secret: &str) -> Self {
+        Self {
+            jwt_secret: Some(secret.into()),
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_tenant_claim: "tenantId".into(),
+            jwt_leeway_secs: 0,
+        }
+    }
+}
+
 /// `serve`: the gateway node.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -194,6 +181,11 @@ pub struct ServeArgs {
     /// Notice thresholds (embedded validator and API changes).
     #[command(flatten)]
     pub rules: RulesArgs,
+    /// Seconds between the embedded validator's full passes (no `REDIS_URL`); deadlines fire
+    /// in between. Default 60.
+    #[arg(long = "worker-interval", env = "WORKER_INTERVAL_SECS", value_name = "WORKER_INTERVAL_SECS",
+          default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub worker_interval_secs: u64,
     /// Comma list of allowed `Origin`s; unset = any. Requests without `Origin` are allowed.
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
@@ -290,7 +282,7 @@ impl ServeArgs {
     }
 }
 
-/// Per-tenant history retention (SPEC §1), used by everything that publishes.
+/// Per-tenant history retention, used by everything that publishes.
 #[derive(Debug, Clone, Args)]
 pub struct HistoryArgs {
     /// Per-tenant events kept for resume. Default 1000.
@@ -301,16 +293,6 @@ pub struct HistoryArgs {
     #[arg(long, env = "HISTORY_TTL_SECS", value_name = "HISTORY_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub history_ttl_secs: u64,
-}
-
-impl HistoryArgs {
-    /// The engine's view of it.
-    pub fn config(&self) -> crate::engine::HistoryConfig {
-        crate::engine::HistoryConfig {
-            size: self.history_size,
-            ttl: Duration::from_secs(self.history_ttl_secs),
-        }
-    }
 }
 
 /// `token`: mint a JWT.
@@ -336,7 +318,7 @@ pub struct PublishArgs {
     /// Tenant to publish to.
     #[arg(long)]
     pub tenant: String,
-    /// Event type (SPEC §3).
+    /// Event type (`license_expiring`, `usage_limit_warning`, …).
     #[arg(long = "type")]
     pub event_type: String,
     /// Event `data` as a JSON object. Default `{}`.

@@ -7,24 +7,34 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: command line and environment, with one-line errors naming the variable.
+//! In dependency order: a module uses only modules listed before it.
+//!
 //! - [`protocol`]: the wire contract — messages, close codes, event types, ids, envelopes.
-//! - [`auth`]: JWT verification and minting, API extractors.
-//! - [`engine`]: the engine trait; [`engine::memory`] (single node) and [`engine::redis`].
-//! - [`gateway`]: the node — [`gateway::hub`] (tenant → sessions, subscriptions, fan-out) and
-//!   [`gateway::session`] (one WebSocket).
+//! - [`shutdown`]: signals cancel one token.
 //! - [`license`]: license documents and the pure rules (status, notices, diffs).
+//! - [`config`]: documented argument structs, with one-line errors naming the variable.
+//! - [`metrics`]: Prometheus metrics, rendered at `/metrics`.
+//! - [`telemetry`]: logs and traces.
+//! - [`auth`]: JWT verification and minting, API extractors.
+//! - [`engine`]: the roles ([`engine::Broker`], [`engine::LicenseStore`],
+//!   [`engine::NodeRegistry`]) and their two implementations, [`engine::memory`] (single node)
+//!   and [`engine::redis`].
 //! - [`worker`]: the validator — evaluates licenses and publishes notices exactly once; run by
 //!   the `worker` command, in-process on the embedded engine, and by the admin API.
+//! - [`gateway`]: the node — upgrade, sessions, hub, stream recovery, drain.
 //! - [`api`]: health, readiness, license and admin HTTP routes.
-//! - [`commands`]: what each subcommand does; `main.rs` only parses and dispatches.
 //! - [`web`]: the browser client (`/client.js`) and the demo page (`/`), embedded.
-//! - [`metrics`]: Prometheus metrics, rendered at `/metrics`.
+//! - [`app`]: the composition root — state, router, run.
 //! - [`loadtest`]: the `loadtest` load generator (BENCHMARKS.md).
-//! - [`telemetry`], [`shutdown`]: logs and traces, signals.
+//! - [`commands`]: what each subcommand does.
+//! - [`cli`]: the command line; `main.rs` only parses and dispatches.
+//!
+//! `docs/ARCHITECTURE.md` follows one event and one client through these modules.
 
 pub mod api;
+pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod engine;

@@ -4,12 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use license_gateway::cli::{Cli, Command};
 use license_gateway::commands::{self, CommandError};
-use license_gateway::config::{Cli, Command};
 use license_gateway::telemetry::ServiceIdentity;
 
 fn main() -> ExitCode {
-    let mut cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
             if matches!(
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let identity = service_identity(&mut cli.command);
+    let identity = service_identity(&cli.command);
     let telemetry = match license_gateway::telemetry::init(cli.log_format, &identity) {
         Ok(t) => t,
         Err(e) => {
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     };
     let result: Result<(), CommandError> = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => commands::serve(args).await,
+            Command::Serve(args) => commands::serve(args, identity.instance_id.clone()).await,
             Command::Token(args) => commands::token(&args).map(|t| println!("{t}")),
             Command::Publish(args) => commands::publish(&args).await.map(|id| println!("{id}")),
             Command::Worker(args) => commands::worker(&args).await,
@@ -80,9 +80,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The trace resource's identity. A node's instance id is its node id, fixed here (before the
-/// command runs) so logs, traces and stats name the node alike.
-fn service_identity(command: &mut Command) -> ServiceIdentity {
+/// The trace resource's identity. A node's instance id is its node id (`NODE_ID`, or made up
+/// here, before the command runs), so logs, traces and stats name the node alike.
+fn service_identity(command: &Command) -> ServiceIdentity {
     let role = match command {
         Command::Serve(_) => "serve",
         Command::Token(_) => "token",
@@ -94,8 +94,8 @@ fn service_identity(command: &mut Command) -> ServiceIdentity {
     let instance_id = match command {
         Command::Serve(args) => args
             .node_id
-            .get_or_insert_with(commands::default_node_id)
-            .clone(),
+            .clone()
+            .unwrap_or_else(commands::default_node_id),
         _ => commands::default_node_id(),
     };
     ServiceIdentity { role, instance_id }

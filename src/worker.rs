@@ -1,5 +1,5 @@
 //! The validator: turns stored licenses, usage and the clock into events, exactly once, through
-//! the engine's atomic compare-and-set ([`crate::engine::Engine::apply`]). The same code serves the
+//! the license store's atomic compare-and-set ([`crate::engine::LicenseStore::apply`]). The same code serves the
 //! `worker` command (Redis), the embedded engine (in-process) and the admin API (changes).
 
 use std::collections::BTreeMap;
@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    Applied, Change, EngineError, Expect, FieldSwap, Published, SharedEngine, TenantRecord,
+    Applied, Change, DocWrite, EngineError, Expect, FieldSwap, LicenseStore, Published,
+    TenantRecord,
 };
 use crate::license::document::{License, Usage};
 use crate::license::rules::{self, Notice, Plan, Rules};
@@ -54,7 +55,7 @@ pub enum PutOutcome {
 
 /// Evaluates licenses and publishes notices.
 pub struct Validator {
-    engine: SharedEngine,
+    store: Arc<dyn LicenseStore>,
     rules: Rules,
 }
 
@@ -78,9 +79,14 @@ fn now() -> OffsetDateTime {
 }
 
 impl Validator {
-    /// A validator over `engine` with `rules`.
-    pub fn new(engine: SharedEngine, rules: Rules) -> Self {
-        Self { engine, rules }
+    /// A validator over `store` with `rules`.
+    pub fn new(store: Arc<dyn LicenseStore>, rules: Rules) -> Self {
+        Self { store, rules }
+    }
+
+    /// The store it validates.
+    pub fn store(&self) -> &dyn LicenseStore {
+        self.store.as_ref()
     }
 
     /// The rules in force.
@@ -109,9 +115,9 @@ impl Validator {
     pub async fn check_tenant(&self, tenant: &str) -> Result<Vec<Published>, ValidatorError> {
         let mut published = Vec::new();
         for _ in 0..ATTEMPTS {
-            let record = self.engine.load(tenant).await?;
+            let record = self.store.load(tenant).await?;
             let Some(license) = self.license(tenant, &record)? else {
-                self.engine.set_deadline(tenant, None).await?;
+                self.store.set_deadline(tenant, None).await?;
                 return Ok(published);
             };
             let now = now();
@@ -135,7 +141,7 @@ impl Validator {
                 continue;
             }
             let next = rules::next_deadline(&license, &self.rules, now).map(unix_ms);
-            self.engine.set_deadline(tenant, next).await?;
+            self.store.set_deadline(tenant, next).await?;
             return Ok(published);
         }
         Err(ValidatorError::Contended(tenant.to_owned()))
@@ -150,7 +156,7 @@ impl Validator {
     ) -> Result<Applied, EngineError> {
         let change = Change {
             doc_expect: Expect::from_option(record.doc.as_ref()),
-            doc_set: None,
+            doc: DocWrite::Keep,
             notices: vec![FieldSwap {
                 field: plan.field,
                 expect: plan.expect,
@@ -158,7 +164,7 @@ impl Validator {
             }],
             events: drafts(tenant, plan.events),
         };
-        self.engine.apply(tenant, &change).await
+        self.store.apply(tenant, &change).await
     }
 
     /// Stores (or, with `None`, deletes) the tenant's license and publishes what the change
@@ -170,7 +176,7 @@ impl Validator {
     ) -> Result<Option<PutOutcome>, ValidatorError> {
         let new_json = license.map(License::to_json);
         for _ in 0..ATTEMPTS {
-            let record = self.engine.load(tenant).await?;
+            let record = self.store.load(tenant).await?;
             if record.doc == new_json {
                 return Ok(new_json.map(|_| PutOutcome::Unchanged));
             }
@@ -181,11 +187,11 @@ impl Validator {
             });
             let change = Change {
                 doc_expect: Expect::from_option(record.doc.as_ref()),
-                doc_set: Some(new_json.clone()),
+                doc: new_json.clone().map_or(DocWrite::Delete, DocWrite::Set),
                 notices: Vec::new(),
                 events: drafts(tenant, rules::diff(old.as_ref(), license)),
             };
-            match self.engine.apply(tenant, &change).await? {
+            match self.store.apply(tenant, &change).await? {
                 Applied::Conflict => continue,
                 Applied::Done(mut published) => {
                     match self.check_tenant(tenant).await {
@@ -215,14 +221,14 @@ impl Validator {
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
-        self.engine.merge_usage(tenant, &values).await?;
+        self.store.merge_usage(tenant, &values).await?;
         self.check_tenant(tenant).await
     }
 
     /// One pass over every licensed tenant; errors of one tenant do not stop the pass.
     pub async fn pass(&self) -> Result<PassSummary, ValidatorError> {
         let started = std::time::Instant::now();
-        let tenants = self.engine.licensed_tenants().await?;
+        let tenants = self.store.licensed_tenants().await?;
         let mut summary = PassSummary::default();
         for tenant in &tenants {
             match self.check_tenant(tenant).await {
@@ -248,7 +254,7 @@ impl Validator {
     /// Checks the tenants whose deadline has come.
     pub async fn due(&self) -> Result<usize, ValidatorError> {
         let mut events = 0;
-        for tenant in self.engine.due_tenants(now_ms()).await? {
+        for tenant in self.store.due_tenants(now_ms()).await? {
             match self.check_tenant(&tenant).await {
                 Ok(published) => events += published.len(),
                 Err(error) => tracing::warn!(%tenant, %error, "tenant check failed"),
@@ -288,4 +294,54 @@ pub struct PassSummary {
     pub events: usize,
     /// Tenants whose check failed.
     pub failed: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::memory::MemoryEngine;
+    use crate::engine::{History, HistoryConfig, Position};
+    use crate::license::document::format_date;
+
+    /// Invariant: however many validators check a tenant, each owed notice is published once,
+    /// and a license created five days before expiry gets one notice, for the smallest
+    /// threshold it crossed.
+    #[tokio::test]
+    async fn notices_are_published_once_whoever_checks() {
+        let engine = Arc::new(MemoryEngine::new(HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(3600),
+        }));
+        let expires = format_date(OffsetDateTime::now_utc() + time::Duration::days(5));
+        let doc = serde_json::json!({"tenantId": "acme", "plan": "pro", "expiresAt": expires});
+        let license = License::parse("acme", &doc).expect("license");
+        let stored = Change {
+            doc_expect: Expect::Absent,
+            doc: DocWrite::Set(license.to_json()),
+            notices: Vec::new(),
+            events: Vec::new(),
+        };
+        engine.apply("acme", &stored).await.expect("store");
+        let validators: Vec<Validator> = (0..4)
+            .map(|_| Validator::new(engine.clone(), Rules::new(vec![30, 7, 1], 80.0)))
+            .collect();
+        let (a, b, c, d) = tokio::join!(
+            validators[0].check_tenant("acme"),
+            validators[1].check_tenant("acme"),
+            validators[2].check_tenant("acme"),
+            validators[3].pass(),
+        );
+        let published = a.unwrap().len() + b.unwrap().len() + c.unwrap().len();
+        assert_eq!(published + d.unwrap().events, 1);
+        let history = crate::engine::Broker::history_after(&*engine, "acme", None, Position::Exact);
+        let History::After(events) = history.await.expect("history") else {
+            panic!("no history");
+        };
+        assert_eq!(events.len(), 1);
+        let event: serde_json::Value = serde_json::from_str(events[0].1.as_str()).unwrap();
+        assert_eq!(event["type"], "license_expiring");
+        assert_eq!(event["data"]["threshold"], 7);
+    }
 }

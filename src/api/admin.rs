@@ -1,5 +1,8 @@
 //! Admin routes: publish an event, cluster-wide stats.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -11,7 +14,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::auth::{AdminAuth, valid_tenant_id};
-use crate::gateway::{AppState, cluster_stats};
+use crate::engine::NodeStats;
+use crate::gateway::Node;
 use crate::protocol::{EventDraft, EventType};
 
 /// Body of `POST /api/admin/tenants/{tenant}/events`.
@@ -63,7 +67,7 @@ pub fn parse_publish(tenant: &str, body: &[u8]) -> Result<EventDraft, ApiError> 
 
 /// `POST /api/admin/tenants/{tenant}/events`: publish one event; 201 with the full envelope.
 pub async fn publish_event(
-    State(state): State<AppState>,
+    State(node): State<Arc<Node>>,
     _admin: AdminAuth,
     Path(tenant): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -71,7 +75,7 @@ pub async fn publish_event(
     tenant_from_path(&tenant)?;
     let body = body.map_err(ApiError::from_body)?;
     let draft = parse_publish(&tenant, &body)?;
-    let published = state.engine.publish(&draft).await?;
+    let published = node.broker.publish(&draft).await?;
     tracing::info!(%tenant, event_type = %draft.event_type, id = %published.id, "event published via API");
     Ok((
         StatusCode::CREATED,
@@ -83,8 +87,72 @@ pub async fn publish_event(
 
 /// `GET /api/admin/stats`: connections and tenants across all live nodes.
 pub async fn stats(
-    State(state): State<AppState>,
+    State(node): State<Arc<Node>>,
     _admin: AdminAuth,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(cluster_stats(&state).await?))
+    let mut nodes = node.registry.nodes().await?;
+    // This node's own entry is always live, not as of its last refresh.
+    nodes.retain(|n| n.id != node.settings.node_id);
+    if !node.is_draining() {
+        nodes.push(node.stats());
+    }
+    Ok(Json(cluster_stats(nodes)))
+}
+
+/// Live stats across `nodes`, in the seed's `getStats` shape plus the node list.
+fn cluster_stats(mut nodes: Vec<NodeStats>) -> Value {
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut tenant_connections: BTreeMap<String, usize> = BTreeMap::new();
+    for node in &nodes {
+        for (tenant, n) in &node.tenant_connections {
+            *tenant_connections.entry(tenant.clone()).or_default() += n;
+        }
+    }
+    tenant_connections.retain(|_, n| *n > 0);
+    let total: usize = nodes.iter().map(|n| n.connections).sum();
+    serde_json::json!({
+        "totalTenants": tenant_connections.len(),
+        "totalConnections": total,
+        "tenantConnections": tenant_connections,
+        "nodes": nodes.iter().map(|n| serde_json::json!({
+            "id": n.id,
+            "connections": n.connections,
+            "tenants": n.tenants,
+            "startedAt": n.started_at,
+            "lastSeen": n.last_seen,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, tenants: &[(&str, usize)]) -> NodeStats {
+        let tenant_connections: BTreeMap<String, usize> =
+            tenants.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+        NodeStats {
+            id: id.into(),
+            connections: tenant_connections.values().sum(),
+            tenants: tenant_connections.len(),
+            started_at: "s".into(),
+            last_seen: "l".into(),
+            tenant_connections,
+        }
+    }
+
+    /// Invariant: stats add up every node's connections per tenant, and count only tenants
+    /// that have at least one.
+    #[test]
+    fn cluster_stats_sum_tenants_across_nodes() {
+        let stats = cluster_stats(vec![
+            node("b", &[("acme", 2), ("idle", 0)]),
+            node("a", &[("acme", 1), ("globex", 3)]),
+        ]);
+        assert_eq!(stats["totalConnections"], 6);
+        assert_eq!(stats["totalTenants"], 2);
+        assert_eq!(stats["tenantConnections"]["acme"], 3);
+        assert!(stats["tenantConnections"].get("idle").is_none());
+        assert_eq!(stats["nodes"][0]["id"], "a");
+    }
 }

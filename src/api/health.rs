@@ -1,11 +1,13 @@
 //! Liveness and readiness.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::gateway::AppState;
+use crate::gateway::Node;
 
 /// `GET /healthz`: 200 while the process runs.
 pub async fn healthz() -> &'static str {
@@ -25,13 +27,13 @@ pub async fn metrics() -> impl axum::response::IntoResponse {
 
 /// `GET /readyz`: 200 when the engine is connected and subscriptions are in place; 503 while it
 /// is not, and while the node drains.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    if state.is_draining() {
+pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+    if node.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "draining" })),
         )
-    } else if !state.engine.is_ready() {
+    } else if !node.broker.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "engine_unavailable" })),
@@ -39,7 +41,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
     } else {
         (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "node": state.settings.node_id })),
+            Json(json!({ "status": "ready", "node": node.settings.node_id })),
         )
     }
 }

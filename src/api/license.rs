@@ -1,6 +1,8 @@
 //! License routes: the tenant's view (`GET /api/license`) and the admin changes that publish
 //! the events they imply (`PUT`/`DELETE …/license`, `PUT …/usage`).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,10 +15,9 @@ use super::admin::tenant_from_path;
 use super::error::ApiError;
 use crate::auth::{AdminAuth, TenantAuth};
 use crate::engine::Published;
-use crate::gateway::AppState;
 use crate::license::document::{FieldError, License, parse_usage};
 use crate::license::rules;
-use crate::worker::{PutOutcome, ValidatorError, parse_usage as stored_usage};
+use crate::worker::{PutOutcome, Validator, ValidatorError, parse_usage as stored_usage};
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
@@ -44,8 +45,8 @@ fn ids(published: &[Published]) -> Vec<String> {
 }
 
 /// The tenant's license, usage and computed status, or `None` without a license.
-async fn view(state: &AppState, tenant: &str) -> Result<Option<Value>, ApiError> {
-    let record = state.engine.load(tenant).await?;
+async fn view(validator: &Validator, tenant: &str) -> Result<Option<Value>, ApiError> {
+    let record = validator.store().load(tenant).await?;
     let Some(doc) = record.doc else {
         return Ok(None);
     };
@@ -60,7 +61,7 @@ async fn view(state: &AppState, tenant: &str) -> Result<Option<Value>, ApiError>
         &license,
         &usage,
         now,
-        state.validator.rules(),
+        validator.rules(),
     )))
 }
 
@@ -73,10 +74,10 @@ fn no_license(tenant: &str) -> ApiError {
 
 /// `GET /api/license` (tenant token).
 pub async fn get_license(
-    State(state): State<AppState>,
+    State(validator): State<Arc<Validator>>,
     auth: TenantAuth,
 ) -> Result<Json<Value>, ApiError> {
-    view(&state, &auth.tenant)
+    view(&validator, &auth.tenant)
         .await?
         .map(Json)
         .ok_or_else(|| no_license(&auth.tenant))
@@ -85,33 +86,35 @@ pub async fn get_license(
 /// `PUT /api/admin/tenants/{tenant}/license`: 201 when created, 200 otherwise; the body is the
 /// tenant's view plus the ids of the events published.
 pub async fn put_license(
-    State(state): State<AppState>,
+    State(validator): State<Arc<Validator>>,
     _admin: AdminAuth,
     Path(tenant): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     tenant_from_path(&tenant)?;
     let license = License::parse(&tenant, &json_body(body)?)?;
-    let outcome = state.validator.put_license(&tenant, Some(&license)).await?;
+    let outcome = validator.put_license(&tenant, Some(&license)).await?;
     let (status, published) = match outcome {
         Some(PutOutcome::Created(p)) => (StatusCode::CREATED, p),
         Some(PutOutcome::Updated(p)) => (StatusCode::OK, p),
         Some(PutOutcome::Unchanged) | None => (StatusCode::OK, Vec::new()),
     };
     tracing::info!(%tenant, events = published.len(), "license stored");
-    let mut body = view(&state, &tenant).await?.unwrap_or_else(|| json!({}));
+    let mut body = view(&validator, &tenant)
+        .await?
+        .unwrap_or_else(|| json!({}));
     body["events"] = json!(ids(&published));
     Ok((status, Json(body)).into_response())
 }
 
 /// `DELETE /api/admin/tenants/{tenant}/license`.
 pub async fn delete_license(
-    State(state): State<AppState>,
+    State(validator): State<Arc<Validator>>,
     _admin: AdminAuth,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     tenant_from_path(&tenant)?;
-    match state.validator.put_license(&tenant, None).await? {
+    match validator.put_license(&tenant, None).await? {
         Some(PutOutcome::Updated(published)) | Some(PutOutcome::Created(published)) => {
             tracing::info!(%tenant, "license deleted");
             Ok(Json(
@@ -124,15 +127,15 @@ pub async fn delete_license(
 
 /// `PUT /api/admin/tenants/{tenant}/usage`: merges counters, publishes threshold notices.
 pub async fn put_usage(
-    State(state): State<AppState>,
+    State(validator): State<Arc<Validator>>,
     _admin: AdminAuth,
     Path(tenant): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     tenant_from_path(&tenant)?;
     let usage = parse_usage(&json_body(body)?)?;
-    let published = state.validator.put_usage(&tenant, &usage).await?;
-    let record = state.engine.load(&tenant).await?;
+    let published = validator.put_usage(&tenant, &usage).await?;
+    let record = validator.store().load(&tenant).await?;
     Ok(Json(
         json!({"tenantId": tenant, "usage": stored_usage(&record.usage), "events": ids(&published)}),
     ))

@@ -1,17 +1,22 @@
-//! HTTP routes besides the WebSocket: health, readiness, and the admin API.
+//! HTTP routes besides the WebSocket: health, readiness, the license view and the admin API.
+//! Generic over the router state: each handler extracts only the part it uses.
 
 pub mod admin;
 pub mod error;
 pub mod health;
 pub mod license;
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post, put};
 
-use crate::gateway::AppState;
+use crate::auth::Verifier;
+use crate::gateway::Node;
+use crate::worker::Validator;
 
-/// Largest accepted request body (SPEC §4: larger ones get 413).
+/// Largest accepted request body (larger ones get 413).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Liveness and metrics, which need no node state: served by the gateway and by a worker with
@@ -22,8 +27,15 @@ pub fn probe_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/metrics", get(health::metrics))
 }
 
-/// The API routes, to merge into the node's router.
-pub fn routes() -> Router<AppState> {
+/// The API routes, for any router state that can hand out what they use: the node (readiness,
+/// stats, publish), the validator (license changes) and the verifier (credentials).
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Node>: FromRef<S>,
+    Arc<Validator>: FromRef<S>,
+    Arc<Verifier>: FromRef<S>,
+{
     probe_routes()
         .route("/readyz", get(health::readyz))
         .route(

@@ -5,21 +5,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Applied, Change, Engine, EngineError, EventSink, Expect, History, HistoryConfig, NodeStats,
-    Position, Published, TenantRecord,
+    Applied, Broker, Change, DocWrite, EngineError, EventSink, Expect, History, HistoryConfig,
+    LicenseStore, NodeRegistry, NodeStats, Position, Published, TenantRecord, store,
 };
-use crate::protocol::{EventDraft, EventId, now_ms};
+use crate::protocol::{EventDraft, EventId, Payload, now_ms};
 
 /// One tenant's retained events and license state.
 #[derive(Default)]
 struct TenantLog {
     last: Option<EventId>,
-    entries: VecDeque<(EventId, Utf8Bytes)>,
+    entries: VecDeque<(EventId, Payload)>,
     record: TenantRecord,
 }
 
@@ -65,7 +64,7 @@ impl MemoryEngine {
             None => EventId { ms: now, seq: 0 },
         };
         log.last = Some(id);
-        let payload = Utf8Bytes::from(draft.envelope_json(id, trace));
+        let payload = Payload::from(draft.envelope_json(id, trace));
         crate::metrics::event_published(draft.event_type);
         log.entries.push_back((id, payload.clone()));
         while log.entries.len() > self.history.size as usize {
@@ -83,11 +82,7 @@ impl MemoryEngine {
 }
 
 #[async_trait]
-impl Engine for MemoryEngine {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
+impl Broker for MemoryEngine {
     async fn start(
         &self,
         sink: Weak<dyn EventSink>,
@@ -98,6 +93,62 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
+        let change = Change::publish(vec![draft.clone()]);
+        store::single(self.apply(&draft.tenant, &change).await?)
+    }
+
+    async fn subscribe(&self, _tenant: &str) -> Result<(), EngineError> {
+        // Every publish reaches this node's sink; the hub drops tenants without sessions.
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _tenant: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn newest_id(&self, tenant: &str) -> Result<Option<EventId>, EngineError> {
+        Ok(self
+            .lock_tenants()?
+            .get(tenant)
+            .and_then(|log| log.entries.back().map(|(id, _)| *id)))
+    }
+
+    async fn history_after(
+        &self,
+        tenant: &str,
+        after: Option<EventId>,
+        position: Position,
+    ) -> Result<History, EngineError> {
+        let tenants = self.lock_tenants()?;
+        let Some(entries) = tenants
+            .get(tenant)
+            .map(|log| &log.entries)
+            .filter(|e| !e.is_empty())
+        else {
+            return Ok(History::Empty);
+        };
+        let start = match after {
+            None => 0,
+            Some(after) => match entries.binary_search_by(|(id, _)| id.cmp(&after)) {
+                Ok(i) => i + 1,
+                Err(i) if position == Position::ByOrder && i > 0 => i,
+                Err(_) => {
+                    let (first, last) = (entries[0].0, entries[entries.len() - 1].0);
+                    return Ok(History::miss(after, first, last));
+                }
+            },
+        };
+        Ok(History::After(entries.range(start..).cloned().collect()))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl LicenseStore for MemoryEngine {
     #[tracing::instrument(name = "publish", skip_all, fields(otel.kind = "producer", engine = "memory", tenant = %tenant, events = change.events.len()))]
     async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
         let mut tenants = self.lock_tenants()?;
@@ -115,8 +166,10 @@ impl Engine for MemoryEngine {
         if !doc_ok || !fields_ok {
             return Ok(Applied::Conflict);
         }
-        if let Some(doc) = &change.doc_set {
-            record.doc = doc.clone();
+        match &change.doc {
+            DocWrite::Keep => {}
+            DocWrite::Set(doc) => record.doc = Some(doc.clone()),
+            DocWrite::Delete => record.doc = None,
         }
         for swap in &change.notices {
             match &swap.set {
@@ -180,47 +233,10 @@ impl Engine for MemoryEngine {
             .map(|(t, _)| t.clone())
             .collect())
     }
+}
 
-    async fn subscribe(&self, tenant: &str) -> Result<Option<EventId>, EngineError> {
-        // Every publish reaches this node's sink; the hub drops tenants without sessions.
-        Ok(self
-            .lock_tenants()?
-            .get(tenant)
-            .and_then(|log| log.entries.back().map(|(id, _)| *id)))
-    }
-
-    async fn history_after(
-        &self,
-        tenant: &str,
-        after: Option<EventId>,
-        position: Position,
-    ) -> Result<History, EngineError> {
-        let tenants = self.lock_tenants()?;
-        let Some(entries) = tenants
-            .get(tenant)
-            .map(|log| &log.entries)
-            .filter(|e| !e.is_empty())
-        else {
-            return Ok(History::Empty);
-        };
-        let start = match after {
-            None => 0,
-            Some(after) => match entries.binary_search_by(|(id, _)| id.cmp(&after)) {
-                Ok(i) => i + 1,
-                Err(i) if position == Position::ByOrder && i > 0 => i,
-                Err(_) => {
-                    let (first, last) = (entries[0].0, entries[entries.len() - 1].0);
-                    return Ok(History::miss(after, first, last));
-                }
-            },
-        };
-        Ok(History::After(entries.range(start..).cloned().collect()))
-    }
-
-    async fn unsubscribe(&self, _tenant: &str) -> Result<(), EngineError> {
-        Ok(())
-    }
-
+#[async_trait]
+impl NodeRegistry for MemoryEngine {
     async fn report_node(&self, stats: &NodeStats) -> Result<(), EngineError> {
         if let Ok(mut node) = self.node.lock() {
             *node = Some(stats.clone());
@@ -237,8 +253,100 @@ impl Engine for MemoryEngine {
             .into_iter()
             .collect())
     }
+}
 
-    fn is_ready(&self) -> bool {
-        true
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::FieldSwap;
+    use crate::protocol::EventType;
+
+    fn engine(size: u32) -> MemoryEngine {
+        MemoryEngine::new(HistoryConfig {
+            size,
+            ttl: Duration::from_secs(3600),
+        })
+    }
+
+    async fn publish(engine: &MemoryEngine, tenant: &str) -> EventId {
+        let draft = EventDraft::new(tenant, EventType::LicenseUpdated, Default::default());
+        engine.publish(&draft).await.expect("publish").id
+    }
+
+    fn ids(history: History) -> Vec<EventId> {
+        match history {
+            History::After(events) => events.into_iter().map(|(id, _)| id).collect(),
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    /// Invariant: ids increase strictly per tenant, and the history answers exactly: a
+    /// retained id gives what follows it; a trimmed, unknown or future id is a miss that says
+    /// which, while a node's own gap (`ByOrder`) continues after an absent id the history
+    /// still reaches back to.
+    #[tokio::test]
+    async fn history_answers_exact_and_by_order_positions() {
+        let engine = engine(3);
+        let mut all = Vec::new();
+        for _ in 0..5 {
+            all.push(publish(&engine, "acme").await);
+            // Distinct milliseconds, so an absent id fits between two retained ones.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        let exact = |after| engine.history_after("acme", Some(after), Position::Exact);
+        assert_eq!(ids(exact(all[2]).await.unwrap()), &all[3..]);
+        assert_eq!(ids(exact(all[4]).await.unwrap()), []);
+        assert!(matches!(exact(all[0]).await, Ok(History::TooOld)));
+        let future = EventId {
+            ms: u64::MAX,
+            seq: 0,
+        };
+        assert!(matches!(exact(future).await, Ok(History::TooNew)));
+        let between = EventId {
+            seq: all[3].seq + 1,
+            ..all[3]
+        };
+        assert!(all[3] < between && between < all[4]);
+        assert!(matches!(exact(between).await, Ok(History::Unknown)));
+        let by_order = engine.history_after("acme", Some(between), Position::ByOrder);
+        assert_eq!(ids(by_order.await.unwrap()), &all[4..]);
+        let other = engine.history_after("globex", None, Position::Exact).await;
+        assert!(matches!(other, Ok(History::Empty)));
+    }
+
+    /// Invariant: a change applies only when every condition holds, and then all of it.
+    #[tokio::test]
+    async fn changes_are_all_or_nothing() {
+        let engine = engine(10);
+        let swap = |expect: Option<&str>, set: &str| FieldSwap {
+            field: "f".into(),
+            expect: expect.map(str::to_owned),
+            set: Some(set.into()),
+        };
+        let draft = EventDraft::new("acme", EventType::LicenseUpdated, Default::default());
+        let change = |expect, set| Change {
+            doc_expect: Expect::Absent,
+            doc: DocWrite::Set("{}".into()),
+            notices: vec![swap(expect, set)],
+            events: vec![draft.clone()],
+        };
+        assert!(
+            matches!(engine.apply("acme", &change(None, "1")).await, Ok(Applied::Done(p)) if p.len() == 1)
+        );
+        // The document is no longer absent: nothing of this change may apply.
+        assert!(matches!(
+            engine.apply("acme", &change(Some("1"), "2")).await,
+            Ok(Applied::Conflict)
+        ));
+        let record = engine.load("acme").await.unwrap();
+        assert_eq!(record.notices.get("f").map(String::as_str), Some("1"));
+        let all = engine
+            .history_after("acme", None, Position::Exact)
+            .await
+            .unwrap();
+        assert_eq!(ids(all).len(), 1);
     }
 }

@@ -1,121 +1,29 @@
-//! The hub: which local sessions belong to which tenant, the node's tenant subscriptions
-//! (subscribe on the first session, unsubscribe a short delay after the last), and fan-out of
-//! each event's shared bytes into every session's bounded outbox.
+//! The hub: which local sessions belong to which tenant, and the node's tenant subscriptions —
+//! subscribe on a tenant's first session, unsubscribe a short delay after its last. Events from
+//! the broker enter here ([`EventSink`]) and go through each tenant's [`TenantStream`]
+//! (ordering, dedup, gap fill) into the sessions' outboxes.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{EngineError, EventSink, History, Position, SharedEngine};
-use crate::protocol::{CloseReason, EventId, ServerMessage};
+use super::outbox::Outbox;
+use super::recovery::{FillOutcome, Sessions, TenantStream, resync_reason};
+use crate::engine::{Broker, EngineError, EventSink, Position};
+use crate::protocol::{CloseReason, EventId, Payload};
 
 /// How long a first session waits for its tenant's subscription before giving up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 const SHARDS: usize = 16;
-
-/// One session's outgoing queue, shared by the hub (producer) and the session task (consumer).
-/// Starts without an allocation; bounded by `cap`; overflowing it closes the session.
-pub struct Outbox {
-    // std Mutex: held for a push or a pop, never across an await.
-    state: Mutex<OutboxState>,
-    notify: Notify,
-    cap: usize,
-}
-
-/// A queued message: an event with its id, or a control message (`None`).
-type Item = (Option<EventId>, Utf8Bytes);
-
-#[derive(Default)]
-struct OutboxState {
-    queue: VecDeque<Item>,
-    close: Option<CloseReason>,
-}
-
-/// What a session finds in its outbox.
-pub enum Next {
-    /// A message to send, with its event id when it is an event.
-    Event(Option<EventId>, Utf8Bytes),
-    /// Close the connection with this reason (queued events are dropped).
-    Close(CloseReason),
-    /// Nothing for now.
-    Empty,
-}
-
-impl Outbox {
-    fn new(cap: usize) -> Self {
-        Self {
-            state: Mutex::new(OutboxState::default()),
-            notify: Notify::new(),
-            cap,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, OutboxState> {
-        // A poisoned lock only means a panic elsewhere mid-push; the queue is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues an event; on overflow marks the session a slow consumer instead. Returns false
-    /// when the event was not queued.
-    pub fn push(&self, id: Option<EventId>, payload: Utf8Bytes) -> bool {
-        let mut state = self.lock();
-        if state.close.is_some() {
-            return false;
-        }
-        if state.queue.len() >= self.cap {
-            state.close = Some(CloseReason::SlowConsumer);
-            state.queue = VecDeque::new();
-            drop(state);
-            self.notify.notify_one();
-            return false;
-        }
-        state.queue.push_back((id, payload));
-        drop(state);
-        self.notify.notify_one();
-        true
-    }
-
-    /// Asks the session to close with `reason` (the first reason wins).
-    pub fn close(&self, reason: CloseReason) {
-        let mut state = self.lock();
-        if state.close.is_none() {
-            state.close = Some(reason);
-        }
-        drop(state);
-        self.notify.notify_one();
-    }
-
-    /// The next thing for the session to do. A close request takes precedence over queued events.
-    pub fn next(&self) -> Next {
-        let mut state = self.lock();
-        if let Some(reason) = state.close {
-            return Next::Close(reason);
-        }
-        match state.queue.pop_front() {
-            Some((id, payload)) => Next::Event(id, payload),
-            None => {
-                // Give back the memory of a burst once it has drained.
-                if state.queue.capacity() > 64 {
-                    state.queue = VecDeque::new();
-                }
-                Next::Empty
-            }
-        }
-    }
-
-    /// Resolves when something was pushed or a close was requested since the last call.
-    pub async fn notified(&self) {
-        self.notify.notified().await
-    }
-}
+/// How soon a failed gap fill (Redis away again) is retried.
+const FILL_RETRY: Duration = Duration::from_millis(500);
 
 /// A session's membership in the hub; hand it back to [`Hub::leave`].
 pub struct Membership {
@@ -136,22 +44,10 @@ impl Membership {
     }
 }
 
-/// Live events held per tenant while a gap is filled, at most this many (then: resync).
-const PENDING_CAP: usize = 100_000;
-
 struct TenantEntry {
-    sessions: HashMap<u64, Arc<Outbox>>,
-    /// Newest event id handed to this tenant's sessions: where a gap fill resumes, and at or
-    /// below which events are duplicates.
-    last_id: Option<EventId>,
-    /// The history's newest id when the subscription started: where a gap fill resumes while
-    /// nothing has been delivered yet. Never a duplicate line — an event published before it
-    /// may still be on its way over pub/sub.
-    baseline: Option<EventId>,
-    /// While a gap is being filled: live events held back (`overflow` when too many).
-    pending: Option<Vec<Item>>,
-    overflow: bool,
-    // Async mutex: held across the engine's (un)subscribe so concurrent first sessions of a
+    sessions: Sessions,
+    stream: TenantStream,
+    // Async mutex: held across the broker's (un)subscribe so concurrent first sessions of a
     // tenant wait for one subscription instead of racing. Per tenant, never on the event path.
     subscribed: Arc<tokio::sync::Mutex<bool>>,
 }
@@ -165,7 +61,7 @@ pub struct Hub {
     // Mutex: fan-out only pushes into outboxes, never awaits under it.
     shards: Box<[Shard]>,
     hasher: RandomState,
-    engine: SharedEngine,
+    broker: Arc<dyn Broker>,
     queue_len: usize,
     unsubscribe_delay: Duration,
     next_id: AtomicU64,
@@ -178,9 +74,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub over `engine`; delayed unsubscribes run on `tracker` and stop at `shutdown`.
+    /// A hub over `broker`; delayed unsubscribes run on `tracker` and stop at `shutdown`.
     pub fn new(
-        engine: SharedEngine,
+        broker: Arc<dyn Broker>,
         queue_len: usize,
         unsubscribe_delay: Duration,
         tracker: TaskTracker,
@@ -189,7 +85,7 @@ impl Hub {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
-            engine,
+            broker,
             queue_len,
             unsubscribe_delay,
             next_id: AtomicU64::new(1),
@@ -202,7 +98,15 @@ impl Hub {
 
     fn shard(&self, tenant: &str) -> MutexGuard<'_, HashMap<Arc<str>, TenantEntry>> {
         let i = self.hasher.hash_one(tenant) as usize % SHARDS;
+        // A poisoned lock only means a panic elsewhere mid-push; the map is still consistent.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every shard in turn, for the rare whole-node walks (stats, gaps, drain).
+    fn each_shard(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<Arc<str>, TenantEntry>>> {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Registers a session of `tenant` and returns once the node's subscription for the tenant
@@ -212,31 +116,17 @@ impl Hub {
         let outbox = Arc::new(Outbox::new(self.queue_len));
         let (key, subscribed, start) = {
             let mut shard = self.shard(tenant);
-            let (key, entry) = match shard.get_key_value(tenant) {
-                Some((k, _)) => {
-                    let k = k.clone();
-                    let entry = shard.get_mut(&k).expect("key just found");
-                    (k, entry)
-                }
-                None => {
-                    let k: Arc<str> = Arc::from(tenant);
-                    let entry = shard.entry(k.clone()).or_insert_with(|| TenantEntry {
-                        sessions: HashMap::new(),
-                        last_id: None,
-                        baseline: None,
-                        pending: None,
-                        overflow: false,
-                        subscribed: Arc::new(tokio::sync::Mutex::new(false)),
-                    });
-                    (k, entry)
-                }
+            let key: Arc<str> = match shard.get_key_value(tenant) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(tenant),
             };
+            let entry = shard.entry(key.clone()).or_insert_with(|| TenantEntry {
+                sessions: Sessions::new(),
+                stream: TenantStream::default(),
+                subscribed: Arc::new(tokio::sync::Mutex::new(false)),
+            });
             entry.sessions.insert(id, outbox.clone());
-            (
-                key,
-                entry.subscribed.clone(),
-                entry.last_id.or(entry.baseline),
-            )
+            (key, entry.subscribed.clone(), entry.stream.position())
         };
         let membership = Membership {
             tenant: key,
@@ -246,19 +136,18 @@ impl Hub {
         };
         let mut is_subscribed = subscribed.lock().await;
         if !*is_subscribed {
-            let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.engine.subscribe(tenant))
-                .await
-                .unwrap_or_else(|_| Err(EngineError::Unavailable("subscribe timed out".into())));
-            let baseline = match result {
-                Ok(baseline) => baseline,
-                Err(error) => {
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.subscribe(tenant)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
                     drop(is_subscribed);
                     self.leave(&membership);
                     return Err(error);
                 }
-            };
-            if let Some(entry) = self.shard(tenant).get_mut(tenant) {
-                entry.baseline = baseline;
+                Err(_) => {
+                    drop(is_subscribed);
+                    self.leave(&membership);
+                    return Err(EngineError::Unavailable("subscribe timed out".into()));
+                }
             }
             *is_subscribed = true;
             crate::metrics::tenants_subscribed(1.0);
@@ -266,6 +155,27 @@ impl Hub {
         }
         self.changed.notify_one();
         Ok(membership)
+    }
+
+    /// Subscribes `tenant` and records the history's newest id as its stream's baseline. Both
+    /// or neither: when the second step fails the subscription is undone, so a later session
+    /// subscribes afresh instead of trusting a half-made one.
+    async fn subscribe(&self, tenant: &str) -> Result<(), EngineError> {
+        self.broker.subscribe(tenant).await?;
+        match self.broker.newest_id(tenant).await {
+            Ok(baseline) => {
+                if let Some(entry) = self.shard(tenant).get_mut(tenant) {
+                    entry.stream.set_baseline(baseline);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                if let Err(undo) = self.broker.unsubscribe(tenant).await {
+                    tracing::warn!(tenant, error = %undo, "could not undo a half-made subscription");
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Removes a session; the tenant's subscription goes after the unsubscribe delay if no
@@ -304,17 +214,16 @@ impl Hub {
             }
         };
         let mut is_subscribed = subscribed.lock().await;
-        let still_idle = {
-            let shard = self.shard(tenant);
+        let still_idle = |shard: &HashMap<Arc<str>, TenantEntry>| {
             shard
                 .get(tenant)
                 .is_some_and(|e| e.sessions.is_empty() && Arc::ptr_eq(&e.subscribed, &subscribed))
         };
-        if !still_idle {
+        if !still_idle(&self.shard(tenant)) {
             return;
         }
         if *is_subscribed {
-            match self.engine.unsubscribe(tenant).await {
+            match self.broker.unsubscribe(tenant).await {
                 Ok(()) => tracing::debug!(tenant = &**tenant, "unsubscribed tenant channel"),
                 // Not fatal: the channel stays subscribed and its events find no session.
                 Err(error) => tracing::warn!(tenant = &**tenant, %error, "unsubscribe failed"),
@@ -323,10 +232,7 @@ impl Hub {
             crate::metrics::tenants_subscribed(-1.0);
         }
         let mut shard = self.shard(tenant);
-        if shard
-            .get(tenant)
-            .is_some_and(|e| e.sessions.is_empty() && Arc::ptr_eq(&e.subscribed, &subscribed))
-        {
+        if still_idle(&shard) {
             shard.remove(tenant);
         }
     }
@@ -334,8 +240,7 @@ impl Hub {
     /// Sessions per tenant on this node (tenants with at least one session).
     pub fn tenant_connections(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for shard in self.each_shard() {
             for (tenant, entry) in shard.iter() {
                 if !entry.sessions.is_empty() {
                     out.insert(tenant.to_string(), entry.sessions.len());
@@ -345,52 +250,18 @@ impl Hub {
         out
     }
 
-    /// Where a new session of `tenant` starts: the newest event id handed to the tenant's
-    /// sessions, or the history's newest when the subscription started.
+    /// Where a new session of `tenant` starts (see [`TenantStream::position`]).
     pub fn position(&self, tenant: &str) -> Option<EventId> {
         self.shard(tenant)
             .get(tenant)
-            .and_then(|e| e.last_id.or(e.baseline))
+            .and_then(|e| e.stream.position())
     }
 
     /// Resolves after sessions joined or left.
     pub async fn changed(&self) {
         self.changed.notified().await
     }
-}
 
-/// Hands one message to every session of a tenant; returns how many took it.
-fn fan_out(entry: &TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) -> u64 {
-    // One span per event and node, never per recipient; none at all unless traces export.
-    let span = if crate::telemetry::exporting() {
-        tracing::info_span!("deliver", recipients = tracing::field::Empty)
-    } else {
-        tracing::Span::none()
-    };
-    let _entered = span.enter();
-    let mut delivered = 0;
-    for outbox in entry.sessions.values() {
-        // A clone of `Utf8Bytes` is a reference count: every recipient shares one buffer.
-        if outbox.push(id, payload.clone()) {
-            delivered += 1;
-        }
-    }
-    span.record("recipients", delivered);
-    delivered
-}
-
-/// Delivers an event unless it is not newer than the last one (a duplicate from a gap fill).
-fn deliver_in_order(entry: &mut TenantEntry, id: Option<EventId>, payload: &Utf8Bytes) {
-    if let Some(id) = id {
-        if entry.last_id.is_some_and(|last| id <= last) {
-            return;
-        }
-        entry.last_id = Some(id);
-    }
-    crate::metrics::event_fanned_out(fan_out(entry, id, payload));
-}
-
-impl Hub {
     /// Fills every held tenant's gap from the history, then releases its held events; runs
     /// until `shutdown`. A failed fill (Redis away again) is retried.
     pub async fn fill_gaps(self: Arc<Self>, shutdown: CancellationToken) {
@@ -399,17 +270,15 @@ impl Hub {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.gap.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)), if retry => {}
+                _ = tokio::time::sleep(FILL_RETRY), if retry => {}
             }
             retry = false;
             let held: Vec<Arc<str>> = self
-                .shards
-                .iter()
+                .each_shard()
                 .flat_map(|shard| {
-                    let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
                     shard
                         .iter()
-                        .filter(|(_, e)| e.pending.is_some())
+                        .filter(|(_, e)| e.stream.is_held())
                         .map(|(t, _)| t.clone())
                         .collect::<Vec<_>>()
                 })
@@ -423,63 +292,40 @@ impl Hub {
     }
 
     /// One tenant's gap fill; false when the history could not be read (still held).
-    async fn fill(&self, tenant: &Arc<str>) -> bool {
-        let last = match self.shard(tenant).get(tenant) {
-            Some(entry) => entry.last_id.or(entry.baseline),
-            None => return true,
+    pub async fn fill(&self, tenant: &str) -> bool {
+        let Some(from) = self.shard(tenant).get(tenant).map(|e| e.stream.position()) else {
+            return true;
         };
-        let history = self
-            .engine
-            .history_after(tenant, last, Position::ByOrder)
-            .await;
+        let history = match self
+            .broker
+            .history_after(tenant, from, Position::ByOrder)
+            .await
+        {
+            Ok(history) => history,
+            Err(error) => {
+                tracing::warn!(tenant, %error, "gap fill failed; retrying");
+                return false;
+            }
+        };
+        if let Some(reason) = resync_reason(&history).filter(|_| from.is_some()) {
+            tracing::warn!(
+                tenant,
+                reason = reason.text(),
+                "history cannot fill the gap"
+            );
+        }
         let mut shard = self.shard(tenant);
         let Some(entry) = shard.get_mut(tenant) else {
             return true;
         };
-        let lost = match history {
-            Err(error) => {
-                tracing::warn!(tenant = &**tenant, %error, "gap fill failed; retrying");
-                return false;
+        match entry.stream.fill(&entry.sessions, from, history) {
+            FillOutcome::Filled(0) => {}
+            FillOutcome::Filled(filled) => {
+                tracing::info!(tenant, filled, "filled a delivery gap from history");
+                crate::metrics::gap_fill("filled");
             }
-            Ok(History::After(events)) => {
-                let filled = events.len();
-                entry.last_id = entry.last_id.max(last);
-                for (id, payload) in events {
-                    deliver_in_order(entry, Some(id), &payload);
-                }
-                if filled > 0 {
-                    tracing::info!(
-                        tenant = &**tenant,
-                        filled,
-                        "filled a delivery gap from history"
-                    );
-                    crate::metrics::gap_fill("filled");
-                }
-                entry.overflow
-            }
-            Ok(History::Empty) if last.is_none() => entry.overflow,
-            Ok(other) => {
-                tracing::warn!(
-                    tenant = &**tenant,
-                    reason = other.resync_reason(),
-                    "history cannot fill the gap"
-                );
-                true
-            }
-        };
-        if lost {
-            crate::metrics::gap_fill("resync");
-            // Events may be missing and cannot be recovered: say so instead of pretending.
-            let message = ServerMessage::ResyncRequired {
-                reason: "events may have been missed (history lost or trimmed); refetch the license",
-            };
-            fan_out(entry, None, &Utf8Bytes::from(message.to_json()));
-            entry.last_id = None;
+            FillOutcome::Resync => crate::metrics::gap_fill("resync"),
         }
-        for (id, payload) in entry.pending.take().unwrap_or_default() {
-            deliver_in_order(entry, id, &payload);
-        }
-        entry.overflow = false;
         true
     }
 
@@ -487,10 +333,8 @@ impl Hub {
     /// all reconnect at once.
     pub async fn close_gradually(&self, reason: CloseReason, window: Duration) {
         let outboxes: Vec<Arc<Outbox>> = self
-            .shards
-            .iter()
+            .each_shard()
             .flat_map(|shard| {
-                let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
                 shard
                     .values()
                     .flat_map(|e| e.sessions.values().cloned())
@@ -512,63 +356,22 @@ impl Hub {
 }
 
 impl EventSink for Hub {
-    fn deliver(&self, tenant: &str, id: Option<EventId>, payload: Utf8Bytes) {
+    fn deliver(&self, tenant: &str, id: Option<EventId>, payload: Payload) {
         let mut shard = self.shard(tenant);
-        let Some(entry) = shard.get_mut(tenant) else {
-            return;
-        };
-        if let Some(pending) = &mut entry.pending {
-            if pending.len() < PENDING_CAP {
-                pending.push((id, payload));
-            } else {
-                entry.overflow = true;
-            }
-            return;
+        if let Some(entry) = shard.get_mut(tenant) {
+            entry.stream.on_live(&entry.sessions, id, payload);
         }
-        deliver_in_order(entry, id, &payload);
     }
 
     fn gap_begins(&self) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for mut shard in self.each_shard() {
             for entry in shard.values_mut() {
-                entry.pending.get_or_insert_with(Vec::new);
+                entry.stream.hold();
             }
         }
     }
 
     fn gap_ends(&self) {
         self.gap.notify_one();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outbox_overflow_becomes_a_slow_consumer_close() {
-        let outbox = Outbox::new(2);
-        assert!(outbox.push(None, "a".into()));
-        assert!(outbox.push(None, "b".into()));
-        assert!(!outbox.push(None, "c".into()));
-        assert!(matches!(
-            outbox.next(),
-            Next::Close(CloseReason::SlowConsumer)
-        ));
-        assert!(!outbox.push(None, "d".into()));
-    }
-
-    #[test]
-    fn outbox_keeps_order_and_first_close_reason() {
-        let outbox = Outbox::new(8);
-        outbox.push(None, "a".into());
-        outbox.push(None, "b".into());
-        assert!(matches!(outbox.next(), Next::Event(None, p) if p == "a"));
-        assert!(matches!(outbox.next(), Next::Event(None, p) if p == "b"));
-        assert!(matches!(outbox.next(), Next::Empty));
-        outbox.close(CloseReason::GoingAway);
-        outbox.close(CloseReason::SlowConsumer);
-        assert!(matches!(outbox.next(), Next::Close(CloseReason::GoingAway)));
     }
 }

@@ -1,24 +1,46 @@
 //! One WebSocket session: authentication outcome, `connected`, the event outbox, client
 //! messages, heartbeat, live token expiry and in-band refresh, and the close.
 //!
+//! Large because a session's whole life is one state machine, kept in one place on purpose:
+//! its futures are shaped for memory (see [`run`]) and splitting them across modules would
+//! hide that.
+//!
 //! One task per connection, one timer (the earlier of the next ping and the token's expiry):
 //! fewer allocations per connection than a reader/writer pair with separate intervals.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::AppState;
-use super::hub::{Membership, Next};
+use super::hub::Membership;
+use super::node::{ConnectionGuard, Node};
+use super::outbox::Next;
+use super::recovery::resync_reason;
 use crate::auth::{AuthError, Claims};
 use crate::engine::{History, Position};
 use crate::metrics;
-use crate::protocol::{ClientMessage, CloseReason, EventId, ServerMessage, now_ms};
+use crate::protocol::{ClientMessage, CloseReason, EventId, ResyncReason, ServerMessage, now_ms};
 
 /// How long the server waits for the client's close frame after sending its own.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A WebSocket as the session sees it: frames in, frames out. axum's `WebSocket` in production;
+/// in-process tests drive a session through channels.
+pub trait Socket:
+    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+
+impl<T> Socket for T where
+    T: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Unpin
+        + Send
+{
+}
 
 /// Everything the upgrade handler learned before the upgrade.
 pub struct Handshake {
@@ -28,7 +50,7 @@ pub struct Handshake {
     /// limit (1013) or draining (1001).
     pub refuse: Option<CloseReason>,
     /// Decrements the node's connection count when the session ends.
-    pub guard: super::ConnectionGuard,
+    pub guard: ConnectionGuard,
     /// Resume position the client asked for (`lastEventId`), unparsed.
     pub last_event_id: Option<String>,
 }
@@ -40,33 +62,33 @@ pub struct Handshake {
 /// is moved, not copied, into the session's own future. An `async fn` taking the socket and
 /// awaiting both phases keeps a slot for its arguments beside each phase's state (rustc does
 /// not overlap them): that layout cost about 0.5 KiB more per connection (BENCHMARKS.md).
-pub fn run(
-    socket: WebSocket,
-    state: AppState,
+pub fn run<W: Socket + 'static>(
+    socket: W,
+    node: Arc<Node>,
     handshake: Handshake,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     use futures_util::FutureExt;
     use futures_util::future::Either;
-    Box::pin(open(socket, state, handshake)).then(|opened| match opened {
+    Box::pin(open(socket, node, handshake)).then(|opened| match opened {
         Some(live) => Either::Left(live.run()),
         None => Either::Right(std::future::ready(())),
     })
 }
 
 /// What an opened session owns for its life.
-struct Live {
-    socket: WebSocket,
-    state: AppState,
+struct Live<W> {
+    socket: W,
+    node: Arc<Node>,
     membership: Membership,
     /// Token `exp`, Unix seconds.
     expires_at: u64,
     /// Resume position the client asked for, unparsed.
     resume: Option<String>,
-    _guard: super::ConnectionGuard,
+    _guard: ConnectionGuard,
 }
 
 /// Refuses, authenticates and subscribes; `None` when the connection was closed instead.
-async fn open(mut socket: WebSocket, state: AppState, handshake: Handshake) -> Option<Live> {
+async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -> Option<Live<W>> {
     if let Some(reason) = handshake.refuse {
         metrics::closed(Some(reason));
         close(&mut socket, reason).await;
@@ -82,10 +104,10 @@ async fn open(mut socket: WebSocket, state: AppState, handshake: Handshake) -> O
             return None;
         }
     };
-    match state.hub.join(&tenant).await {
+    match node.hub.join(&tenant).await {
         Ok(membership) => Some(Live {
             socket,
-            state,
+            node,
             membership,
             expires_at: claims.expires_at,
             resume: handshake.last_event_id,
@@ -154,7 +176,7 @@ macro_rules! session_event {
     };
 }
 
-impl Live {
+impl<W: Socket> Live<W> {
     /// Serves the connection, leaves the hub and closes. Not an `async fn`: that would move
     /// `self` into a second slot of the future (its parameters are rebound as locals), and
     /// this future lives as long as the connection.
@@ -163,20 +185,21 @@ impl Live {
         async move {
             // Paired with `session_ended` below, whatever happens in between.
             metrics::session_opened();
-            let state = &self.state;
-            let node = state.settings.node_id.as_str();
+            let node = &self.node;
+            let node_id = node.settings.node_id.as_str();
             // The id is formatted where it is shown, not kept for the session's life.
-            let span = SessionSpan::new(self.membership.tenant(), node, state.next_connection_id());
+            let span =
+                SessionSpan::new(self.membership.tenant(), node_id, node.next_connection_id());
             let session = Session {
                 socket: &mut self.socket,
-                state,
+                node,
                 membership: &self.membership,
                 span: &span,
                 expires_at: self.expires_at,
                 last_sent: None,
             };
             let reason = session.serve(self.resume.as_deref()).await;
-            state.hub.leave(&self.membership);
+            node.hub.leave(&self.membership);
             metrics::session_ended();
             metrics::closed(reason);
             if let Some(reason) = reason {
@@ -193,9 +216,9 @@ impl Live {
     }
 }
 
-struct Session<'a> {
-    socket: &'a mut WebSocket,
-    state: &'a AppState,
+struct Session<'a, W> {
+    socket: &'a mut W,
+    node: &'a Node,
     membership: &'a Membership,
     span: &'a SessionSpan<'a>,
     /// Token `exp`, Unix seconds.
@@ -204,7 +227,7 @@ struct Session<'a> {
     last_sent: Option<EventId>,
 }
 
-impl Session<'_> {
+impl<W: Socket> Session<'_, W> {
     /// Serves until the connection must close; `Some(reason)` when the server closes it.
     /// (This and `send` return `async move` blocks rather than being `async fn`s, which would
     /// store their arguments twice in futures that every session carries.)
@@ -217,7 +240,7 @@ impl Session<'_> {
                 return None;
             }
 
-            let ping_every = self.state.settings.ping_interval;
+            let ping_every = self.node.settings.ping_interval;
             let mut last_heard = Instant::now();
             let mut next_ping = last_heard + ping_every;
             let mut expiry = self.expiry_deadline();
@@ -232,7 +255,7 @@ impl Session<'_> {
                         match outbox.next() {
                             Next::Event(Some(id), _) if self.last_sent.is_some_and(|last| id <= last) => {}
                             Next::Event(id, payload) => {
-                                if !self.send(Message::Text(payload)).await {
+                                if !self.send(Message::Text(payload.into_ws_text())).await {
                                     return None;
                                 }
                                 if id.is_some() {
@@ -243,7 +266,7 @@ impl Session<'_> {
                             Next::Empty => break,
                         }
                     },
-                    frame = self.socket.recv() => {
+                    frame = self.socket.next() => {
                         last_heard = Instant::now();
                         match frame {
                             None | Some(Ok(Message::Close(_))) => return None,
@@ -303,13 +326,13 @@ impl Session<'_> {
             self.last_sent = self
                 .membership
                 .start
-                .or_else(|| self.state.hub.position(self.membership.tenant()));
+                .or_else(|| self.node.hub.position(self.membership.tenant()));
         }
         let position = self.last_sent.map(|id| id.to_string());
         let connected = ServerMessage::Connected {
             tenant_id: self.membership.tenant(),
             connection_id: &self.span.connection_id(),
-            node: &self.state.settings.node_id,
+            node: &self.node.settings.node_id,
             last_event_id: position,
         };
         if !self.send(Message::Text(connected.to_json().into())).await {
@@ -330,18 +353,18 @@ impl Session<'_> {
         let tenant = self.membership.tenant();
         let after: EventId = match resume.parse() {
             Ok(id) => id,
-            Err(_) => return self.resync("lastEventId is malformed").await,
+            Err(_) => return self.resync(ResyncReason::Malformed).await,
         };
         let history = match self
-            .state
-            .engine
+            .node
+            .broker
             .history_after(tenant, Some(after), Position::Exact)
             .await
         {
             Ok(history) => history,
             Err(error) => {
                 session_event!(self.span, WARN, %error, "history unavailable for resume");
-                return self.resync("history is unavailable").await;
+                return self.resync(ResyncReason::HistoryUnavailable).await;
             }
         };
         match history {
@@ -350,30 +373,30 @@ impl Session<'_> {
                 metrics::history_replay("replayed");
                 self.last_sent = Some(after);
                 for (id, payload) in events {
-                    if !self.send(Message::Text(payload)).await {
+                    if !self.send(Message::Text(payload.into_ws_text())).await {
                         return false;
                     }
                     self.last_sent = Some(id);
                 }
                 true
             }
-            other => {
-                self.resync(other.resync_reason().unwrap_or("cannot resume"))
-                    .await
-            }
+            other => match resync_reason(&other) {
+                Some(reason) => self.resync(reason).await,
+                None => true,
+            },
         }
     }
 
-    async fn resync(&mut self, reason: &str) -> bool {
-        session_event!(self.span, DEBUG, reason, "resync required");
+    async fn resync(&mut self, reason: ResyncReason) -> bool {
+        session_event!(self.span, DEBUG, reason = reason.text(), "resync required");
         metrics::history_replay("resync");
-        let message = ServerMessage::ResyncRequired { reason }.to_json();
-        self.send(Message::Text(message.into())).await
+        self.send(Message::Text(reason.message().into_ws_text()))
+            .await
     }
 
     /// When the token stops being valid on this connection: `exp` plus the leeway.
     fn expiry_deadline(&self) -> Instant {
-        let deadline_ms = (self.expires_at + self.state.verifier.leeway_secs()) * 1000;
+        let deadline_ms = (self.expires_at + self.node.verifier.leeway_secs()) * 1000;
         let left = deadline_ms.saturating_sub(now_ms());
         Instant::now() + Duration::from_millis(left)
     }
@@ -405,7 +428,7 @@ impl Session<'_> {
                 }
             }
             ClientMessage::Auth { token } => {
-                let (tenant, claims) = self.state.verifier.verify_tenant(&token).map_err(|e| {
+                let (tenant, claims) = self.node.verifier.verify_tenant(&token).map_err(|e| {
                     metrics::auth_failed(e.label());
                     Some(e.close_reason())
                 })?;
@@ -439,8 +462,8 @@ impl Session<'_> {
     #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see `serve`
     fn send(&mut self, message: Message) -> impl Future<Output = bool> {
         async move {
-            let limit = self.state.settings.ping_interval;
-            let mut sending = futures_util::SinkExt::send(&mut *self.socket, message);
+            let limit = self.node.settings.ping_interval;
+            let mut sending = SinkExt::send(&mut *self.socket, message);
             // Fast path: a reader that keeps up takes the frame at once, with no timer armed. Only
             // a stalled one gets the timeout, boxed so that idle sessions do not carry its state.
             if let Some(result) = futures_util::FutureExt::now_or_never(&mut sending) {
@@ -455,12 +478,10 @@ impl Session<'_> {
 /// Maps a receive error to the close it calls for: 1009 for an oversized frame, otherwise the
 /// connection is broken and is dropped without a close frame.
 fn frame_error(error: axum::Error) -> Option<CloseReason> {
-    use tungstenite::error::{CapacityError, Error as WsError};
+    use tungstenite::error::Error as WsError;
     match error.into_inner().downcast::<WsError>() {
         Ok(ws) => match *ws {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                Some(CloseReason::MessageTooBig)
-            }
+            // Every capacity error (message or frame too long) is a frame over the limit.
             WsError::Capacity(_) => Some(CloseReason::MessageTooBig),
             other => {
                 tracing::debug!(error = %other, "websocket read failed");
@@ -475,7 +496,7 @@ fn frame_error(error: axum::Error) -> Option<CloseReason> {
 }
 
 /// Sends a close frame with `reason` and waits briefly for the peer's answer.
-pub async fn close(socket: &mut WebSocket, reason: CloseReason) {
+pub async fn close<W: Socket>(socket: &mut W, reason: CloseReason) {
     let frame = CloseFrame {
         code: reason.code(),
         reason: Utf8Bytes::from_static(reason.text()),
@@ -483,7 +504,7 @@ pub async fn close(socket: &mut WebSocket, reason: CloseReason) {
     let sent = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
     if matches!(sent, Ok(Ok(()))) {
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(_)) = socket.recv().await {}
+            while let Some(Ok(_)) = socket.next().await {}
         })
         .await;
     }

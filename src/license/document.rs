@@ -1,4 +1,4 @@
-//! The license document and usage map (SPEC §4), with strict validation that names the field
+//! The license document and usage map (docs/PROTOCOL.md, license documents), with strict validation that names the field
 //! at fault. Stored in a canonical form (dates in UTC, keys sorted) so that diffs are stable.
 
 use std::collections::BTreeMap;

@@ -19,7 +19,7 @@ use time::{Duration, OffsetDateTime};
 use super::document::{License, Usage, format_date};
 use crate::protocol::EventType;
 
-/// Thresholds of the rules (SPEC §1 `EXPIRY_WARNING_DAYS`, `USAGE_WARNING_PERCENT`).
+/// Thresholds of the rules (`EXPIRY_WARNING_DAYS`, `USAGE_WARNING_PERCENT`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
     /// Expiry warning thresholds in days, largest first, distinct, all positive.
@@ -312,7 +312,7 @@ pub fn next_deadline(
         .min()
 }
 
-/// The events a change of the document implies (SPEC §3): module activations and
+/// The events a change of the document implies: module activations and
 /// deactivations, then `license_updated` with the changed paths. Identical documents: none.
 pub fn diff(old: Option<&License>, new: Option<&License>) -> Vec<Notice> {
     let (old, new) = match (old, new) {
@@ -378,7 +378,7 @@ pub fn diff(old: Option<&License>, new: Option<&License>) -> Vec<Notice> {
     events
 }
 
-/// The computed view of `GET /api/license` (SPEC §4).
+/// The computed view of `GET /api/license`.
 pub fn status(license: &License, usage: &Usage, now: OffsetDateTime, rules: &Rules) -> Value {
     let largest = rules.expiry_warning_days.first().copied().unwrap_or(0);
     let expired = now >= license.expires_at;

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -16,8 +14,8 @@ use super::clients::{Shared, drive_all};
 use super::report::{Delivery, Latency, Report};
 use super::{FanoutArgs, LoadtestError, PublishVia, connect_phase, procstat};
 use crate::auth::Signer;
-use crate::engine::Engine;
 use crate::engine::redis::{ConnectMode, RedisEngine};
+use crate::engine::{Broker, HistoryConfig};
 use crate::protocol::{EventDraft, EventType};
 
 /// Where events are published.
@@ -44,70 +42,30 @@ impl Publisher {
     }
 }
 
-/// A minimal HTTP/1.1 client for `POST /api/admin/tenants/{t}/events`, reusing connections.
+/// The admin API's publish route, over reqwest's pooled keep-alive connections.
 struct ApiClient {
+    client: reqwest::Client,
     target: std::net::SocketAddr,
     admin_token: String,
-    idle: std::cell::RefCell<Vec<TcpStream>>,
 }
 
 impl ApiClient {
     async fn publish(&self, tenant: &str, data: Map<String, Value>) -> Result<(), String> {
         let body = serde_json::json!({"type": "module_activated", "data": data}).to_string();
-        let request = format!(
-            "POST /api/admin/tenants/{tenant}/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.target,
-            self.admin_token,
-            body.len()
-        );
-        let pooled = self.idle.borrow_mut().pop();
-        let mut stream = match pooled {
-            Some(s) => s,
-            None => TcpStream::connect(self.target)
-                .await
-                .map_err(|e| e.to_string())?,
-        };
-        stream
-            .write_all(request.as_bytes())
+        let url = format!("http://{}/api/admin/tenants/{tenant}/events", self.target);
+        let response = self
+            .client
+            .post(url)
+            .bearer_auth(&self.admin_token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
             .await
             .map_err(|e| e.to_string())?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 2048];
-        let (head_end, length) = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..i]);
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                break (i + 4, length);
-            }
-            let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("API connection closed".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        while buf.len() < head_end + length {
-            let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("API connection closed mid-body".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        match response.status() {
+            reqwest::StatusCode::CREATED => Ok(()),
+            other => Err(format!("API answered {other}")),
         }
-        if !buf.starts_with(b"HTTP/1.1 201") {
-            let line = String::from_utf8_lossy(&buf[..head_end]);
-            return Err(format!(
-                "API answered {}",
-                line.lines().next().unwrap_or_default()
-            ));
-        }
-        self.idle.borrow_mut().push(stream);
-        Ok(())
     }
 }
 
@@ -128,15 +86,22 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
                 crate::config::ConfigError::new("REDIS_URL", "required for --via redis")
             })?;
             Publisher::Redis(Box::new(
-                RedisEngine::connect(url, args.history.config(), ConnectMode::OneShot)
-                    .await
-                    .map_err(|e| LoadtestError::Publish(e.to_string()))?,
+                RedisEngine::connect(
+                    url,
+                    HistoryConfig::from_args(&args.history),
+                    ConnectMode::OneShot,
+                )
+                .await
+                .map_err(|e| LoadtestError::Publish(e.to_string()))?,
             ))
         }
         PublishVia::Api => Publisher::Api(ApiClient {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .map_err(|e| LoadtestError::Publish(e.to_string()))?,
             target: common.target,
             admin_token: Signer::from_args(&common.auth)?.mint(None, true, 24 * 3600),
-            idle: Default::default(),
         }),
     });
 

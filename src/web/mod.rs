@@ -6,15 +6,13 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::gateway::AppState;
-
 /// The browser client, a plain ES module.
 pub const CLIENT_JS: &str = include_str!("client.js");
 /// The demo page.
 pub const INDEX_HTML: &str = include_str!("index.html");
 
-/// Routes for the page and the client.
-pub fn routes() -> Router<AppState> {
+/// Routes for the page and the client; they need no state.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/client.js", get(client))

@@ -1,0 +1,133 @@
+//! The composition root: builds a node from its parts, assembles its router from the route
+//! modules (which never import this one back), and runs it from start to drained stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRef;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::engine::{EngineError, Engines};
+use crate::gateway::{Node, Settings, lifecycle};
+use crate::license::rules::Rules;
+use crate::worker::Validator;
+
+/// The router's state: the node and the validator; cheap to clone. Handlers take the part
+/// they use (`State<Arc<Node>>`, `State<Arc<Validator>>`) through [`FromRef`].
+#[derive(Clone)]
+pub struct AppState {
+    /// The gateway node.
+    pub node: Arc<Node>,
+    /// License evaluation and notices (admin API, embedded validator).
+    pub validator: Arc<Validator>,
+    /// The engine's name, for the logs.
+    pub engine: &'static str,
+    /// Run the validator loop in-process (embedded engine), with this full-pass interval.
+    pub embedded_validator: Option<Duration>,
+}
+
+impl AppState {
+    /// Builds the node and validator over `engines`. Nothing runs until [`run`].
+    pub fn new(
+        settings: Settings,
+        verifier: Verifier,
+        engines: &Engines,
+        rules: Rules,
+        embedded_validator: Option<Duration>,
+    ) -> Self {
+        let node = Node::new(
+            settings,
+            Arc::new(verifier),
+            engines.broker.clone(),
+            engines.registry.clone(),
+        );
+        Self {
+            node: Arc::new(node),
+            validator: Arc::new(Validator::new(engines.store.clone(), rules)),
+            engine: engines.name,
+            embedded_validator,
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<Node> {
+    fn from_ref(state: &AppState) -> Self {
+        state.node.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Validator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.validator.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Verifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.node.verifier.clone()
+    }
+}
+
+/// Every HTTP route of a node: the WebSocket, the API, the page and the client.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::gateway::upgrade::routes())
+        .merge(crate::api::routes())
+        .merge(crate::web::routes())
+        .with_state(state)
+}
+
+/// Failure to run a node.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The listener failed.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves on `listener` until `shutdown` fires, then drains: readiness off, no new
+/// connections, every session closed with 1001, background tasks stopped — all within the
+/// configured shutdown timeout.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let node = state.node.clone();
+    lifecycle::start(&node).await?;
+    if let Some(interval) = state.embedded_validator {
+        let validator = state.validator.clone();
+        node.background
+            .spawn(validator.run(interval, node.background_stop.clone()));
+    }
+
+    match listener.local_addr() {
+        Ok(addr) => {
+            tracing::info!(%addr, node = %node.settings.node_id, engine = state.engine, "gateway listening")
+        }
+        Err(error) => tracing::warn!(%error, "gateway listening on an unknown address"),
+    }
+    let stop_accepting = CancellationToken::new();
+    let server = tokio::spawn(
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    shutdown.cancelled().await;
+    lifecycle::drain(&node, || stop_accepting.cancel()).await;
+    lifecycle::stop(&node).await;
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::warn!(error = %join, "server task failed"),
+        Err(_) => tracing::warn!("HTTP connections still open at exit"),
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}

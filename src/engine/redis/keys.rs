@@ -1,0 +1,66 @@
+//! The Redis key layout, in one place. Every key of tenant `T` carries the hash tag `{T}`, so
+//! all of a tenant's keys live on one Redis Cluster slot and one Lua script can touch them all.
+
+/// Pub/sub channel of tenant `t` (sharded pub/sub on a cluster).
+pub fn events_channel(t: &str) -> String {
+    format!("license:events:{{{t}}}")
+}
+
+/// The tenant of a channel name, if it is a tenant channel.
+pub fn tenant_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("license:events:{")?.strip_suffix('}')
+}
+
+/// History stream of tenant `t`.
+pub fn history_key(t: &str) -> String {
+    format!("license:history:{{{t}}}")
+}
+
+/// License document of tenant `t`.
+pub fn doc_key(t: &str) -> String {
+    format!("license:doc:{{{t}}}")
+}
+
+/// SCAN pattern matching every tenant's document key.
+pub const DOC_PATTERN: &str = "license:doc:{*}";
+
+/// The tenant of a document key, if it is one.
+pub fn tenant_of_doc_key(key: &str) -> Option<&str> {
+    key.strip_prefix("license:doc:{")?.strip_suffix('}')
+}
+
+/// Usage counters of tenant `t`.
+pub fn usage_key(t: &str) -> String {
+    format!("license:usage:{{{t}}}")
+}
+
+/// Notice state of tenant `t` (see `license::rules`).
+pub fn notices_key(t: &str) -> String {
+    format!("license:notices:{{{t}}}")
+}
+
+/// Sorted set of tenants scored by when they next owe a notice (ms).
+pub const DEADLINES_KEY: &str = "license:deadlines";
+
+/// Sorted set of node ids scored by their last refresh (ms).
+pub const NODES_KEY: &str = "license:nodes";
+
+/// Registry entry of node `id`.
+pub fn node_key(id: &str) -> String {
+    format!("license:node:{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_tenant_hash_tag_and_parse_back() {
+        assert_eq!(events_channel("acme"), "license:events:{acme}");
+        assert_eq!(history_key("acme"), "license:history:{acme}");
+        assert_eq!(tenant_of_channel(&events_channel("acme")), Some("acme"));
+        assert_eq!(tenant_of_channel("license:other:{acme}"), None);
+        assert_eq!(tenant_of_doc_key(&doc_key("a-1")), Some("a-1"));
+        assert_eq!(tenant_of_doc_key(&usage_key("a-1")), None);
+    }
+}

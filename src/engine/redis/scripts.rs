@@ -1,0 +1,139 @@
+//! The Lua scripts (each in its own file beside this one) and the shapes of what they read and
+//! return.
+
+use std::collections::BTreeMap;
+
+use fred::types::scripts::Script;
+use serde::Deserialize;
+
+use crate::engine::{Change, DocWrite, Expect};
+
+/// The engine's scripts, loaded once (EVALSHA, reloaded when the server lost them).
+pub struct Scripts {
+    /// `apply.lua`: a change's conditions, writes, history appends and publishes, atomically.
+    pub apply: Script,
+    /// `load.lua`: document, usage and notice state in one read.
+    pub load: Script,
+    /// `history.lua`: events after an id, or why there are none.
+    pub history: Script,
+    /// `newest_id.lua`: the newest history id.
+    pub newest_id: Script,
+}
+
+impl Default for Scripts {
+    /// The scripts, from the files compiled into the binary.
+    fn default() -> Self {
+        Self {
+            apply: Script::from_lua(include_str!("scripts/apply.lua")),
+            load: Script::from_lua(include_str!("scripts/load.lua")),
+            history: Script::from_lua(include_str!("scripts/history.lua")),
+            newest_id: Script::from_lua(include_str!("scripts/newest_id.lua")),
+        }
+    }
+}
+
+/// The change as `apply.lua` reads it.
+#[derive(serde::Serialize)]
+pub struct ApplySpec<'a> {
+    doc_check: bool,
+    doc_expect: Option<&'a str>,
+    doc_write: bool,
+    doc_set: Option<&'a str>,
+    notices: Vec<SwapSpec<'a>>,
+    /// Each event's envelope before and after its id (the script fills the id in).
+    events: &'a [(String, String)],
+}
+
+#[derive(serde::Serialize)]
+struct SwapSpec<'a> {
+    field: &'a str,
+    expect: Option<&'a str>,
+    set: Option<&'a str>,
+}
+
+impl<'a> ApplySpec<'a> {
+    /// The script's view of `change`, with the events already split around their ids.
+    pub fn new(change: &'a Change, events: &'a [(String, String)]) -> Self {
+        let (doc_check, doc_expect) = match &change.doc_expect {
+            Expect::Any => (false, None),
+            Expect::Absent => (true, None),
+            Expect::Value(v) => (true, Some(v.as_str())),
+        };
+        let (doc_write, doc_set) = match &change.doc {
+            DocWrite::Keep => (false, None),
+            DocWrite::Set(doc) => (true, Some(doc.as_str())),
+            DocWrite::Delete => (true, None),
+        };
+        Self {
+            doc_check,
+            doc_expect,
+            doc_write,
+            doc_set,
+            notices: change
+                .notices
+                .iter()
+                .map(|f| SwapSpec {
+                    field: &f.field,
+                    expect: f.expect.as_deref(),
+                    set: f.set.as_deref(),
+                })
+                .collect(),
+            events,
+        }
+    }
+}
+
+/// The record as `load.lua` returns it (hashes as flat key/value lists).
+#[derive(Deserialize)]
+pub struct LoadedRecord {
+    /// The document JSON.
+    pub doc: Option<String>,
+    /// Usage counters.
+    #[serde(default, deserialize_with = "flat_pairs")]
+    pub usage: BTreeMap<String, String>,
+    /// Notice state.
+    #[serde(default, deserialize_with = "flat_pairs")]
+    pub notices: BTreeMap<String, String>,
+}
+
+/// HGETALL's flat list; Lua's cjson encodes an empty one as `{}`.
+fn flat_pairs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    if let serde_json::Value::Array(items) = value {
+        for pair in items.chunks(2) {
+            if let [serde_json::Value::String(k), serde_json::Value::String(v)] = pair {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loaded_records_accept_cjson_empty_hashes() {
+        let r: LoadedRecord =
+            serde_json::from_str(r#"{"doc":null,"usage":{},"notices":["a","1"]}"#).unwrap();
+        assert_eq!(r.doc, None);
+        assert!(r.usage.is_empty());
+        assert_eq!(r.notices.get("a").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn doc_writes_map_onto_the_script_flags() {
+        let mut change = Change::publish(Vec::new());
+        change.doc = DocWrite::Delete;
+        let json = serde_json::to_value(ApplySpec::new(&change, &[])).unwrap();
+        assert_eq!(json["doc_write"], true);
+        assert!(json["doc_set"].is_null());
+        change.doc = DocWrite::Keep;
+        let json = serde_json::to_value(ApplySpec::new(&change, &[])).unwrap();
+        assert_eq!(json["doc_write"], false);
+    }
+}

@@ -1,0 +1,138 @@
+//! One session's outgoing queue, shared by the hub (producer) and the session task (consumer):
+//! bounded, allocation-free while empty, and closed with `slow consumer` when it overflows
+//! (a clear close instead of silent drops).
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::protocol::{CloseReason, EventId, Payload};
+
+/// One session's outgoing queue, shared by the hub (producer) and the session task (consumer).
+/// Starts without an allocation; bounded by `cap`; overflowing it closes the session.
+pub struct Outbox {
+    // std Mutex: held for a push or a pop, never across an await.
+    state: Mutex<OutboxState>,
+    notify: Notify,
+    cap: usize,
+}
+
+/// A queued message: an event with its id, or a control message (`None`).
+pub type Item = (Option<EventId>, Payload);
+
+#[derive(Default)]
+struct OutboxState {
+    queue: VecDeque<Item>,
+    close: Option<CloseReason>,
+}
+
+/// What a session finds in its outbox.
+pub enum Next {
+    /// A message to send, with its event id when it is an event.
+    Event(Option<EventId>, Payload),
+    /// Close the connection with this reason (queued events are dropped).
+    Close(CloseReason),
+    /// Nothing for now.
+    Empty,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `cap` messages.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            state: Mutex::new(OutboxState::default()),
+            notify: Notify::new(),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // A poisoned lock only means a panic elsewhere mid-push; the queue is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an event; on overflow marks the session a slow consumer instead. Returns false
+    /// when the event was not queued.
+    pub fn push(&self, id: Option<EventId>, payload: Payload) -> bool {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return false;
+        }
+        if state.queue.len() >= self.cap {
+            state.close = Some(CloseReason::SlowConsumer);
+            state.queue = VecDeque::new();
+            drop(state);
+            self.notify.notify_one();
+            return false;
+        }
+        state.queue.push_back((id, payload));
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Asks the session to close with `reason` (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(reason);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// The next thing for the session to do. A close request takes precedence over queued events.
+    pub fn next(&self) -> Next {
+        let mut state = self.lock();
+        if let Some(reason) = state.close {
+            return Next::Close(reason);
+        }
+        match state.queue.pop_front() {
+            Some((id, payload)) => Next::Event(id, payload),
+            None => {
+                // Give back the memory of a burst once it has drained.
+                if state.queue.capacity() > 64 {
+                    state.queue = VecDeque::new();
+                }
+                Next::Empty
+            }
+        }
+    }
+
+    /// Resolves when something was pushed or a close was requested since the last call.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_overflow_becomes_a_slow_consumer_close() {
+        let outbox = Outbox::new(2);
+        assert!(outbox.push(None, "a".into()));
+        assert!(outbox.push(None, "b".into()));
+        assert!(!outbox.push(None, "c".into()));
+        assert!(matches!(
+            outbox.next(),
+            Next::Close(CloseReason::SlowConsumer)
+        ));
+        assert!(!outbox.push(None, "d".into()));
+    }
+
+    #[test]
+    fn outbox_keeps_order_and_first_close_reason() {
+        let outbox = Outbox::new(8);
+        outbox.push(None, "a".into());
+        outbox.push(None, "b".into());
+        assert!(matches!(outbox.next(), Next::Event(None, p) if p.as_str() == "a"));
+        assert!(matches!(outbox.next(), Next::Event(None, p) if p.as_str() == "b"));
+        assert!(matches!(outbox.next(), Next::Empty));
+        outbox.close(CloseReason::GoingAway);
+        outbox.close(CloseReason::SlowConsumer);
+        assert!(matches!(outbox.next(), Next::Close(CloseReason::GoingAway)));
+    }
+}

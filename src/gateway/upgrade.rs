@@ -1,0 +1,120 @@
+//! `GET /ws/license`: origin check, connection limit, the token (from one of three carriers),
+//! the resume position, then the upgrade into a session task of its own.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRef, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::Node;
+use super::session::{self, Handshake};
+use crate::auth::{AuthError, bearer_token};
+use crate::protocol::{BEARER_PREFIX, CloseReason, LAST_ID_PREFIX, SUBPROTOCOL};
+
+/// The WebSocket route, for any router state that can hand out the node.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Node>: FromRef<S>,
+{
+    Router::new().route("/ws/license", get(ws_handler))
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+/// The value of the first subprotocol entry with `prefix`.
+fn protocol_entry<'a>(headers: &'a HeaderMap, prefix: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(prefix))
+}
+
+/// The token a client presented: subprotocol `bearer.<JWT>` first (the browser carrier), then
+/// `Authorization: Bearer`, then `?token=` (the seed's form).
+fn presented_token<'a>(headers: &'a HeaderMap, query: &'a WsQuery) -> Option<&'a str> {
+    protocol_entry(headers, BEARER_PREFIX)
+        .or_else(|| bearer_token(headers))
+        .or(query.token.as_deref())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the request's `Origin` (if any) is allowed.
+fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
+    let (Some(allowed), Some(origin)) =
+        (&node.settings.allowed_origins, headers.get(header::ORIGIN))
+    else {
+        return true;
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let ok = allowed.iter().any(|a| a == origin);
+    if !ok {
+        tracing::info!(origin, "upgrade refused: origin not allowed");
+    }
+    ok
+}
+
+async fn ws_handler(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&node, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let (open, guard) = node.admit();
+    let max = node.settings.max_connections;
+    let refuse = if node.is_draining() {
+        Some(CloseReason::GoingAway)
+    } else if max > 0 && open > max {
+        Some(CloseReason::TryAgainLater)
+    } else {
+        None
+    };
+    let auth = match presented_token(&headers, &query) {
+        Some(token) => node.verifier.verify_tenant(token),
+        None => Err(AuthError::Missing),
+    };
+    let last_event_id = protocol_entry(&headers, LAST_ID_PREFIX)
+        .map(str::to_owned)
+        .or(query.last_event_id);
+    let handshake = Handshake {
+        auth,
+        refuse,
+        guard,
+        last_event_id,
+    };
+    let frame = node.settings.max_frame_bytes;
+    let sessions = node.sessions.clone();
+    upgrade
+        .protocols([SUBPROTOCOL])
+        // Small buffers: tungstenite's 128 KiB defaults cost ~130 KiB per idle connection. The
+        // read chunk is what an idle connection keeps; the buffer grows for a larger frame, and
+        // client frames are few and small (a ping is 21 bytes, a refresh a few hundred). 64 B
+        // instead of 1 KiB saved ~0.25 KiB each.
+        .read_buffer_size(frame.min(64))
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(frame)
+        .max_frame_size(frame)
+        // The session gets a task of its own, and axum's upgrade task ends: awaited inside it,
+        // the session would be stored beside the slots axum keeps for the socket and config.
+        .on_upgrade(move |socket| {
+            sessions.spawn(session::run(socket, node, handshake));
+            std::future::ready(())
+        })
+}
