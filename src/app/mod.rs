@@ -131,3 +131,6 @@ pub async fn run(
     tracing::info!("gateway stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -43,3 +43,25 @@ pub struct Settings {
     /// On SIGTERM: the window over which sessions are closed, spread evenly.
     pub drain_window: Duration,
 }
+
+#[cfg(test)]
+impl Settings {
+    /// Settings for in-process tests: no limits, no drain delay, a short unsubscribe delay.
+    pub(crate) fn for_tests(node_id: &str) -> Self {
+        Self {
+            node_id: node_id.into(),
+            allowed_origins: None,
+            max_connections: 0,
+            max_frame_bytes: 4096,
+            ping_interval: Duration::from_secs(25),
+            session_queue_len: 64,
+            unsubscribe_delay: Duration::from_millis(10),
+            shutdown_timeout: Duration::from_secs(1),
+            drain_delay: Duration::ZERO,
+            drain_window: Duration::ZERO,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,417 @@
+//! In-process tests of the node over the embedded engine: the hub's subscription and position
+//! contracts, and whole sessions driven through a channel socket (axum's testing-websockets
+//! pattern). Each test names the invariant it guards; they run in milliseconds. The
+//! real-process suites in `tests/` prove the same behaviour end to end.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Message;
+use futures_util::{Sink, Stream};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, PollSender};
+use tokio_util::task::TaskTracker;
+
+use super::session::{self, Handshake};
+use super::{Node, Settings, lifecycle};
+use crate::auth::{Signer, Verifier};
+use crate::config::AuthArgs;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::{
+    Broker, EngineError, EventSink, History, HistoryConfig, NodeRegistry, Position, Published,
+};
+use crate::protocol::{EventDraft, EventId, EventType, ResyncReason};
+
+const SECRET: &str = "in-process-test-secret-0123456789abcdef";
+
+fn auth_args() -> AuthArgs {
+    AuthArgs::hs256(SECRET)
+}
+
+fn token(tenant: &str) -> String {
+    Signer::from_args(&auth_args())
+        .expect("signer")
+        .mint(Some(tenant), false, 3600)
+}
+
+/// A started node over a fresh embedded engine keeping `history` events per tenant.
+async fn node(history: u32) -> (Arc<Node>, Arc<MemoryEngine>) {
+    let engine = Arc::new(MemoryEngine::new(HistoryConfig {
+        size: history,
+        ttl: Duration::from_secs(3600),
+    }));
+    let node = node_over(engine.clone(), engine.clone()).await;
+    (node, engine)
+}
+
+async fn node_over(broker: Arc<dyn Broker>, registry: Arc<dyn NodeRegistry>) -> Arc<Node> {
+    let verifier = Arc::new(Verifier::from_args(&auth_args()).expect("verifier"));
+    let node = Arc::new(Node::new(
+        Settings::for_tests("test-node"),
+        verifier,
+        broker,
+        registry,
+    ));
+    lifecycle::start(&node).await.expect("start");
+    node
+}
+
+async fn publish(engine: &MemoryEngine, tenant: &str, n: u64) -> Published {
+    let mut data = serde_json::Map::new();
+    data.insert("n".into(), n.into());
+    let draft = EventDraft::new(tenant, EventType::LicenseUpdated, data);
+    engine.publish(&draft).await.expect("publish")
+}
+
+/// The session's socket: frames from the test in, frames to the test out through a bounded
+/// channel, so a test can hold the session at a send until it reads.
+struct ChannelSocket {
+    incoming: mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
+    outgoing: PollSender<Message>,
+}
+
+fn gone<E>(_: E) -> axum::Error {
+    axum::Error::new("test client gone")
+}
+
+impl Stream for ChannelSocket {
+    type Item = Result<Message, axum::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx)
+    }
+}
+
+impl Sink<Message> for ChannelSocket {
+    type Error = axum::Error;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.outgoing).poll_ready(cx).map_err(gone)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        Pin::new(&mut self.outgoing).start_send(item).map_err(gone)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.outgoing).poll_flush(cx).map_err(gone)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.outgoing).poll_close(cx).map_err(gone)
+    }
+}
+
+/// The test's end of a session.
+struct Client {
+    to_server: mpsc::UnboundedSender<Result<Message, axum::Error>>,
+    from_server: mpsc::Receiver<Message>,
+}
+
+/// Frames the test can leave unread before the session waits at a send.
+const SOCKET_BUFFER: usize = 64;
+
+impl Client {
+    /// Opens a session of `tenant` on `node`, resuming after `last` when given.
+    fn open(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
+        let (outgoing, from_server) = mpsc::channel(SOCKET_BUFFER);
+        Self::open_on(node, tenant, last, outgoing, from_server)
+    }
+
+    /// Like [`Client::open`], but the session's first send (`connected`) waits until the
+    /// test has read a placeholder frame: the session has joined the hub by then, and reads
+    /// the history only after.
+    fn open_gated(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
+        let (outgoing, from_server) = mpsc::channel(1);
+        outgoing
+            .try_send(Message::Ping(Default::default()))
+            .expect("room for the placeholder");
+        Self::open_on(node, tenant, last, outgoing, from_server)
+    }
+
+    fn open_on(
+        node: &Arc<Node>,
+        tenant: &str,
+        last: Option<&str>,
+        outgoing: mpsc::Sender<Message>,
+        from_server: mpsc::Receiver<Message>,
+    ) -> Self {
+        let (to_server, incoming) = mpsc::unbounded_channel();
+        let handshake = Handshake {
+            auth: node.verifier.verify_tenant(&token(tenant)),
+            refuse: None,
+            guard: node.admit().1,
+            last_event_id: last.map(str::to_owned),
+        };
+        let socket = ChannelSocket {
+            incoming,
+            outgoing: PollSender::new(outgoing),
+        };
+        tokio::spawn(session::run(socket, node.clone(), handshake));
+        Self {
+            to_server,
+            from_server,
+        }
+    }
+
+    async fn next(&mut self) -> Message {
+        tokio::time::timeout(Duration::from_secs(2), self.from_server.recv())
+            .await
+            .expect("a frame within 2 s")
+            .expect("session open")
+    }
+
+    async fn json(&mut self) -> Value {
+        match self.next().await {
+            Message::Text(text) => serde_json::from_str(&text).expect("JSON"),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    /// Nothing more arrives for a short while.
+    async fn silent(&mut self) {
+        let more = tokio::time::timeout(Duration::from_millis(50), self.from_server.recv()).await;
+        assert!(more.is_err(), "unexpected frame: {more:?}");
+    }
+
+    fn send(&self, value: Value) {
+        let text = Message::Text(value.to_string().into());
+        self.to_server.send(Ok(text)).expect("session open");
+    }
+
+    async fn expect_close(&mut self, code: u16, reason: &str) {
+        match self.next().await {
+            Message::Close(Some(frame)) => {
+                assert_eq!((frame.code, frame.reason.as_str()), (code, reason));
+            }
+            other => panic!("expected close {code}, got {other:?}"),
+        }
+    }
+}
+
+/// Invariant: a fresh session's stream starts at the tenant's position, told in
+/// `connected.lastEventId`; earlier events are not sent, later ones are, once.
+#[tokio::test]
+async fn a_fresh_session_starts_at_the_tenant_position() {
+    let (node, engine) = node(100).await;
+    let first = publish(&engine, "acme", 1).await;
+    let mut client = Client::open(&node, "acme", None);
+    let connected = client.json().await;
+    assert_eq!(connected["type"], "connected");
+    assert_eq!(connected["lastEventId"], first.id.to_string());
+    let second = publish(&engine, "acme", 2).await;
+    assert_eq!(client.json().await["id"], second.id.to_string());
+    client.silent().await;
+}
+
+/// Invariant: a resume replays every event after `lastEventId` in order, then live events,
+/// with no gap and no duplicate across the switch.
+#[tokio::test]
+async fn resume_replays_after_the_id_then_goes_live_without_duplicates() {
+    let (node, engine) = node(100).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(publish(&engine, "acme", n).await.id.to_string());
+    }
+    // A session already holds the tenant's subscription, so live events flow during replay.
+    let mut other = Client::open(&node, "acme", None);
+    other.json().await;
+    let mut client = Client::open(&node, "acme", Some(&ids[0]));
+    assert_eq!(client.json().await["type"], "connected");
+    assert_eq!(client.json().await["id"], ids[1]);
+    assert_eq!(client.json().await["id"], ids[2]);
+    let live = publish(&engine, "acme", 4).await;
+    assert_eq!(client.json().await["id"], live.id.to_string());
+    client.silent().await;
+}
+
+/// Invariant: an event that reaches a resuming session both live (its outbox joined first) and
+/// from the history replay is sent once: the switch from history to live has no duplicate.
+#[tokio::test]
+async fn an_event_both_replayed_and_live_is_sent_once() {
+    let (node, engine) = node(100).await;
+    let first = publish(&engine, "acme", 1).await.id.to_string();
+    let mut holder = Client::open(&node, "acme", None);
+    holder.json().await;
+    let mut client = Client::open_gated(&node, "acme", Some(&first));
+    tokio::task::yield_now().await;
+    // Joined, not yet replayed: this event goes into the outbox and into the history.
+    let both = publish(&engine, "acme", 2).await.id.to_string();
+    assert!(matches!(client.next().await, Message::Ping(_)));
+    assert_eq!(client.json().await["type"], "connected");
+    assert_eq!(client.json().await["id"], both, "replayed from the history");
+    client.silent().await;
+    let next = publish(&engine, "acme", 3).await.id.to_string();
+    assert_eq!(client.json().await["id"], next);
+}
+
+/// Invariant: a gap fill through the hub delivers every event once to each outbox: those held
+/// back while the gap was open are not queued again after the history has delivered them.
+#[tokio::test]
+async fn a_gap_fill_through_the_hub_delivers_each_event_once() {
+    let (node, engine) = node(100).await;
+    let member = node.hub.join("acme").await.expect("join");
+    let queued = || {
+        let mut ids = Vec::new();
+        while let super::outbox::Next::Event(Some(id), _) = member.outbox.next() {
+            ids.push(id);
+        }
+        ids
+    };
+    let e1 = publish(&engine, "acme", 1).await.id;
+    assert_eq!(queued(), [e1]);
+    node.hub.gap_begins();
+    let e2 = publish(&engine, "acme", 2).await.id;
+    let e3 = publish(&engine, "acme", 3).await.id;
+    assert_eq!(queued(), [], "held while the gap is open");
+    assert!(node.hub.fill("acme").await);
+    assert_eq!(queued(), [e2, e3]);
+    node.hub.leave(&member);
+}
+
+/// Invariant: a position the history cannot honour gets `resync_required` with the reason,
+/// nothing replayed, and live events still follow.
+#[tokio::test]
+async fn unresumable_positions_get_resync_with_their_reason() {
+    let (node, engine) = node(2).await;
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        ids.push(publish(&engine, "acme", n).await.id.to_string());
+    }
+    let cases = [
+        ("acme", ids[0].clone(), ResyncReason::TooOld),
+        ("acme", "not-an-id".to_owned(), ResyncReason::Malformed),
+        ("acme", "99999999999999-0".to_owned(), ResyncReason::TooNew),
+        ("empty", ids[3].clone(), ResyncReason::HistoryEmpty),
+    ];
+    for (tenant, last, reason) in cases {
+        let mut client = Client::open(&node, tenant, Some(&last));
+        assert_eq!(client.json().await["type"], "connected");
+        let resync = client.json().await;
+        assert_eq!(resync["type"], "resync_required", "{last}");
+        assert_eq!(resync["reason"], reason.text(), "{last}");
+        client.silent().await;
+    }
+    let mut client = Client::open(&node, "acme", Some(&ids[0]));
+    client.json().await;
+    client.json().await;
+    let live = publish(&engine, "acme", 5).await;
+    assert_eq!(client.json().await["id"], live.id.to_string());
+}
+
+/// Invariant (the race of 2f32d83): a session's start position is read under the lock that
+/// adds its outbox, so an event delivered between joining and `connected` is after the start
+/// and reaches the session.
+#[tokio::test]
+async fn the_start_position_is_taken_when_the_outbox_joins() {
+    let (node, engine) = node(100).await;
+    let first = publish(&engine, "acme", 1).await;
+    let holder = node.hub.join("acme").await.expect("join");
+    let joined = node.hub.join("acme").await.expect("join");
+    assert_eq!(joined.start, Some(first.id));
+    let second = publish(&engine, "acme", 2).await;
+    assert!(second.id > joined.start.expect("start"));
+    assert!(matches!(
+        joined.outbox.next(),
+        super::outbox::Next::Event(Some(id), _) if id == second.id
+    ));
+    node.hub.leave(&joined);
+    node.hub.leave(&holder);
+}
+
+/// Invariant: client messages are answered (`pong`, `error` for junk, `auth_ok` for a fresh
+/// token of the same tenant) and a refresh naming another tenant closes with 1008.
+#[tokio::test]
+async fn client_messages_and_in_band_refresh() {
+    let (node, _engine) = node(10).await;
+    let mut client = Client::open(&node, "acme", None);
+    client.json().await;
+    client.send(json!({"type": "ping"}));
+    assert_eq!(client.json().await["type"], "pong");
+    client.send(json!({"type": "shout"}));
+    let error = client.json().await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+    client.send(json!({"type": "auth", "token": token("acme")}));
+    assert_eq!(client.json().await["type"], "auth_ok");
+    client.send(json!({"type": "auth", "token": token("globex")}));
+    client.expect_close(1008, "invalid token").await;
+}
+
+/// Invariant: a drain closes every session with 1001 `going away`.
+#[tokio::test]
+async fn drain_closes_sessions_with_going_away() {
+    let (node, _engine) = node(10).await;
+    let mut a = Client::open(&node, "acme", None);
+    let mut b = Client::open(&node, "globex", None);
+    a.json().await;
+    b.json().await;
+    node.hub
+        .close_gradually(crate::protocol::CloseReason::GoingAway, Duration::ZERO)
+        .await;
+    a.expect_close(1001, "going away").await;
+    b.expect_close(1001, "going away").await;
+}
+
+/// A broker whose history cannot be read: subscribing works, reading the newest id fails.
+struct NoHistory {
+    inner: MemoryEngine,
+    subscribed: AtomicUsize,
+}
+
+#[async_trait]
+impl Broker for NoHistory {
+    async fn start(
+        &self,
+        sink: std::sync::Weak<dyn EventSink>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<(), EngineError> {
+        self.inner.start(sink, shutdown, tracker).await
+    }
+    async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
+        self.inner.publish(draft).await
+    }
+    async fn subscribe(&self, _: &str) -> Result<(), EngineError> {
+        self.subscribed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn unsubscribe(&self, _: &str) -> Result<(), EngineError> {
+        self.subscribed.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn newest_id(&self, _: &str) -> Result<Option<EventId>, EngineError> {
+        Err(EngineError::Unavailable("history down".into()))
+    }
+    async fn history_after(
+        &self,
+        tenant: &str,
+        after: Option<EventId>,
+        position: Position,
+    ) -> Result<History, EngineError> {
+        self.inner.history_after(tenant, after, position).await
+    }
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Invariant: subscribing is both steps or neither — when the history's newest id cannot be
+/// read, the subscription just made is undone and the session is refused.
+#[tokio::test]
+async fn a_half_made_subscription_is_undone() {
+    let config = HistoryConfig {
+        size: 10,
+        ttl: Duration::from_secs(60),
+    };
+    let broker = Arc::new(NoHistory {
+        inner: MemoryEngine::new(config),
+        subscribed: AtomicUsize::new(0),
+    });
+    let node = node_over(broker.clone(), Arc::new(MemoryEngine::new(config))).await;
+    assert!(node.hub.join("acme").await.is_err());
+    assert_eq!(broker.subscribed.load(Ordering::SeqCst), 0);
+    assert!(node.hub.tenant_connections().is_empty());
+}
