@@ -5,7 +5,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source changes do not rebuild them.
+# The test harness is a workspace member (a dev-dependency): its manifest must be present.
 COPY Cargo.toml Cargo.lock ./
+COPY tests/harness ./tests/harness
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
     && cargo build --release --locked && rm -rf src
 COPY src ./src

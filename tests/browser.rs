@@ -2,11 +2,9 @@
 //! toasts (severity, text, queue, auto-dismiss, close), module locking, tabs and tenants, and a
 //! reconnect with resume when the page's node is killed. Also takes the README's screenshot.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use serde_json::{Value, json};
 
 const DAY: i64 = 86_400;

@@ -2,14 +2,12 @@
 //! subscription lives on its slot's shard only, and a master SIGKILLed mid-stream loses no
 //! event that reached the history (the conformance and license suites also run on a cluster).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use fred::prelude::*;
+use harness::*;
 use serde_json::json;
 
 fn channel(tenant: &str) -> String {

@@ -1,12 +1,10 @@
 //! The conformance suite: every test here runs against both engines — the embedded memory
 //! engine and the Redis engine on a real `redis-server` — through a real gateway process.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_util::SinkExt;
+use harness::*;
 use serde_json::{Value, json};
 
 both_engines!(
@@ -209,7 +207,7 @@ async fn bad_tokens_close_with_1008_and_exact_reason(backend: Backend) {
             "wrong algorithm",
             Some(sign_with(
                 jsonwebtoken::Algorithm::HS384,
-                common::SECRET.as_bytes(),
+                harness::SECRET.as_bytes(),
                 &json!({"tenantId": "acme", "exp": exp}),
             )),
             "invalid token",
@@ -577,7 +575,7 @@ async fn publish_api_checks_tokens_and_bodies(backend: Backend) {
     let envelope: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(envelope["severity"], "error");
     assert_eq!(envelope["data"], json!({}));
-    // The envelope keeps SPEC §3's field order.
+    // The envelope keeps the documented field order.
     let positions: Vec<usize> = [
         "\"id\"",
         "\"type\"",

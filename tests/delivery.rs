@@ -2,14 +2,12 @@
 //! another node under load, Redis restarts, a node killed behind a round-robin balancer, slow
 //! consumers, graceful drain, and a chaos run mixing these faults.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use serde_json::json;
 
 /// Publishes through the API of the first node in `ports` that accepts (201); returns the id,

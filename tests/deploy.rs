@@ -3,13 +3,11 @@
 //! the nginx config with `nginx -t`. Then the compose topology runs natively, without Docker:
 //! redis-server, three gateway nodes, one looping worker, and nginx with deploy/'s config.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use serde_json::json;
 
 fn root() -> PathBuf {

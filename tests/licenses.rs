@@ -1,14 +1,12 @@
-//! Licenses, the license API and the validator, against real processes: every SPEC §3 event with
+//! Licenses, the license API and the validator, against real processes: every event type with
 //! its exact data, usage crossings, deadlines within 2 s, strict documents, the status view —
 //! on both engines — and exactly-once notices with concurrent and crashing `worker --once` runs
 //! on Redis.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use fred::prelude::*;
+use harness::*;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

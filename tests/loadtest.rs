@@ -1,9 +1,7 @@
 //! `license-gateway loadtest` against real gateways: small runs whose counts must come out
 //! exactly (the performance figures themselves live in BENCHMARKS.md, never in assertions).
 
-mod common;
-
-use common::*;
+use harness::*;
 use serde_json::Value;
 
 /// Runs `loadtest` with `args` and the test secret; returns its JSON report.
@@ -61,9 +59,11 @@ async fn fanout_through_redis_counts_every_delivery() {
     ] {
         assert_eq!(d[zero], 0, "{zero}: {r}");
     }
+    // Latency was measured per delivery: above zero, and no larger than the whole run could
+    // make it (a publish time read from the wrong clock or unit would break either bound).
     let l = &d["latency_ms"];
-    assert!(l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap());
-    assert!(l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap());
+    let (p50, max) = (l["p50"].as_f64().unwrap(), l["max"].as_f64().unwrap());
+    assert!(p50 > 0.0 && max < 30_000.0, "latency: {l}");
     assert!(
         r["server_rss_kib"].as_u64().unwrap() > 0,
         "server sampled: {r}"

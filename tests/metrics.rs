@@ -1,12 +1,10 @@
 //! `/metrics` after known traffic: the counters move by exactly the right amounts.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use fred::prelude::*;
+use harness::*;
 use serde_json::json;
 
 /// Scrapes `/metrics` into `name{labels}` → value.

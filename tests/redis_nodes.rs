@@ -2,12 +2,10 @@
 //! subscription lifecycle, garbage on tenant channels, Redis outages, the node registry, and
 //! start-up configuration errors.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use fred::prelude::*;
+use harness::*;
 use serde_json::{Value, json};
 
 /// The `event` field of the history entry with id `id`.

@@ -2,12 +2,10 @@
 //! Redis to every gateway process that delivers it, received by a real OTLP/HTTP endpoint and
 //! decoded from protobuf. Tokens never reach a trace; bad OTEL settings fail at start-up.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message as _;

@@ -1,0 +1,55 @@
+//! HTTP to the processes under test (gateways, chromedriver), through reqwest.
+
+use serde_json::Value;
+
+use crate::WAIT;
+use crate::tokens::admin_token;
+
+/// One request over a fresh client (a test's runtime ends with the test, so no pooled
+/// connection outlives it): returns status and body text. A refused connection or a timeout
+/// is an error.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String), reqwest::Error> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut request = client
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/json");
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Publishes through the admin API; panics unless 201. Returns the envelope.
+pub async fn publish(port: u16, tenant: &str, event_type: &str, data: Value) -> Value {
+    let body = serde_json::json!({ "type": event_type, "data": data }).to_string();
+    let path = format!("/api/admin/tenants/{tenant}/events");
+    let (status, text) = http(port, "POST", &path, Some(&admin_token()), Some(&body))
+        .await
+        .expect("publish request");
+    assert_eq!(status, 201, "publish failed: {text}");
+    serde_json::from_str(&text).expect("envelope JSON")
+}
+
+/// `GET /api/admin/stats` with an admin token; panics unless 200.
+pub async fn admin_stats(port: u16) -> Value {
+    let (status, body) = http(port, "GET", "/api/admin/stats", Some(&admin_token()), None)
+        .await
+        .expect("stats request");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("stats JSON")
+}

@@ -1,0 +1,29 @@
+//! Test generators: one `#[tokio::test]` per engine for each listed scenario.
+
+/// Generates one `#[tokio::test]` per engine (modules `memory` and `redis`) for each listed
+/// `async fn name(backend: Backend)` of the calling test file.
+#[macro_export]
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::Memory).await } )*
+        }
+        mod redis {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::Redis).await } )*
+        }
+    };
+}
+
+/// Generates one `#[tokio::test]` on Redis Cluster (module `cluster`) for each listed
+/// `async fn name(backend: Backend)`, for the tests that matter on a cluster.
+#[macro_export]
+macro_rules! on_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod cluster {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::Cluster).await } )*
+        }
+    };
+}

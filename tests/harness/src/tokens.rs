@@ -1,0 +1,53 @@
+//! Tokens the test gateways accept (HS256 with [`SECRET`]), and time helpers for claims and
+//! license documents.
+
+use serde_json::{Value, json};
+
+/// The HMAC secret every test gateway uses.
+pub const SECRET: &str = "test-secret-do-not-use";
+
+/// A tenant token valid for an hour.
+pub fn tenant_token(tenant: &str) -> String {
+    let now = now_secs();
+    sign_claims(&json!({"tenantId": tenant, "iat": now, "exp": now + 3600}))
+}
+
+/// An admin token valid for an hour.
+pub fn admin_token() -> String {
+    let now = now_secs();
+    sign_claims(&json!({"role": "admin", "iat": now, "exp": now + 3600}))
+}
+
+/// Signs arbitrary claims with HS256 and the test secret.
+pub fn sign_claims(claims: &Value) -> String {
+    sign_with(jsonwebtoken::Algorithm::HS256, SECRET.as_bytes(), claims)
+}
+
+/// Signs claims with an HMAC algorithm and secret of choice.
+pub fn sign_with(alg: jsonwebtoken::Algorithm, secret: &[u8], claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).unwrap()
+}
+
+/// RFC 3339 (whole seconds, UTC) of now plus `secs`.
+pub fn rfc3339_in(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.replace_nanosecond(0)
+        .expect("zero nanoseconds")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Base64url without padding (JWT segments).
+pub fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
