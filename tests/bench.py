@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reruns every benchmark in BENCHMARKS.md and rewrites its result tables.
 
-    python3 tests/bench.py [--repeats 3] [--only NAME[,NAME]] [--no-write]
+    python3 tests/bench.py [--repeats 3] [--only NAME[,NAME]] [--no-write] [--binary PATH]
 
 Each run starts a fresh redis-server and a fresh release gateway on free loopback ports, runs
 `license-gateway loadtest … --json` against it with --server-pid, reads redis-server's CPU from
@@ -151,7 +151,7 @@ def start_cluster(work, masters):
     return procs, "redis-cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
 
 
-def run_once(name):
+def run_once(name, binary=BINARY):
     args, gw_env, _ = SCENARIOS[name]
     work = tempfile.mkdtemp(prefix="lgw-bench-")
     redis_port, port = free_port(), free_port()
@@ -170,12 +170,13 @@ def run_once(name):
     }
     env.update(gw_env)
     log = open(os.path.join(work, "gateway.log"), "w")
-    gateway = subprocess.Popen([BINARY, "serve"], env=env, stdout=subprocess.DEVNULL,
+    gateway = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL,
                                stderr=log, preexec_fn=raise_fd_limit)
     try:
         wait_ready(port)
         redis_cpu = sum(cpu_secs(p.pid) for p in servers)
         out = subprocess.run(
+            # The same load generator (this checkout's build) for every gateway build measured.
             [BINARY, "loadtest", *args, "--target", f"127.0.0.1:{port}",
              "--server-pid", str(gateway.pid), "--json"],
             env={**env, "RUST_LOG": "error"}, capture_output=True, text=True, timeout=600,
@@ -344,11 +345,29 @@ def machine():
             f"redis-server {v.group(1) if v else '?'}, {time.strftime('%Y-%m-%d')}")
 
 
+def compare(opts):
+    """Runs each scenario on every given build, alternating builds run by run so that drift in
+    the machine's load hits them alike; prints one table per scenario and build."""
+    raise_fd_limit()
+    for name in opts.only.split(","):
+        runs = {b: [] for b in opts.binary}
+        for i in range(opts.repeats):
+            for binary in opts.binary:
+                report = run_once(name, binary)
+                print(f"{name} {binary} run {i + 1}: {json.dumps(report)}", flush=True)
+                runs[binary].append(report)
+        for binary in opts.binary:
+            print(f"\n{name} — {binary}\n{table(name, runs[binary])}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--binary", action="append", default=[], metavar="PATH",
+                        help="measure this build instead (repeatable: the builds alternate run by "
+                             "run, for a before/after comparison in one sitting; implies --no-write)")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="K=V",
                         help="extra gateway environment, for experiments (implies --no-write)")
     opts = parser.parse_args()
@@ -357,6 +376,9 @@ def main():
         for scenario in SCENARIOS.values():
             scenario[1][key] = value
         opts.no_write = True
+    if opts.binary:
+        compare(opts)
+        return
     if not os.path.exists(BINARY):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     raise_fd_limit()

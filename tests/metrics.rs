@@ -203,3 +203,15 @@ async fn a_standalone_worker_serves_its_own_metrics() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// The embedded engine's in-process validator passes every `WORKER_INTERVAL_SECS` (it used to
+/// ignore the setting and pass once a minute, so this saw one pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_validator_honours_the_worker_interval() {
+    let node = Gateway::start(GatewayOptions::memory().env("WORKER_INTERVAL_SECS", "1")).await;
+    eventually(WAIT, "three in-process validator passes", || async {
+        let m = scrape(node.port).await;
+        (get(&m, "license_gateway_worker_passes_total") >= 3.0).then_some(())
+    })
+    .await;
+}
