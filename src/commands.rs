@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppState};
-use crate::auth::{Signer, Verifier, valid_tenant_id};
+use crate::auth::{AdminKeys, Signer, Verifier, valid_tenant_id};
 use crate::config::{
     AuthArgs, ConfigError, HealthcheckArgs, PublishArgs, ServeArgs, TokenArgs, WorkerArgs,
 };
@@ -118,10 +118,14 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
             tracing::warn!("--demo runs the embedded engine; REDIS_URL is ignored");
         }
         if args.auth.jwt_secret.is_none() && args.auth.jwt_public_key.is_none() {
-            args.auth.jwt_secret = Some(random_string(32));
+            args.auth.jwt_secret = Some(random_string(40));
+        }
+        if args.admin_api_keys.is_none() {
+            args.admin_api_keys = Some(random_string(40));
         }
     }
     let verifier = Verifier::from_args(&args.auth)?;
+    let admin_keys = AdminKeys::parse(args.admin_api_keys.as_deref())?;
     let (drain_delay, drain_window) = args.drain()?;
     let settings = Settings {
         node_id,
@@ -151,12 +155,30 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         None => Engines::of("memory", MemoryEngine::new(history)),
     };
 
-    let addr = std::net::SocketAddr::new(args.host, args.port);
+    // The demo listens on loopback unless HOST says otherwise; a node on every interface.
+    let default_host = if args.demo {
+        std::net::Ipv4Addr::LOCALHOST
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED
+    };
+    let addr = std::net::SocketAddr::new(args.host.unwrap_or(default_host.into()), args.port);
     let listener = bind(addr).await?;
-    let state = AppState::new(settings, verifier, &engines, rules, embedded_validator);
+    if admin_keys.is_empty() {
+        tracing::warn!("ADMIN_API_KEYS is not set: admin routes answer 401 to everyone");
+    }
+    let state = AppState::new(
+        settings,
+        verifier,
+        admin_keys,
+        &engines,
+        rules,
+        embedded_validator,
+    );
     if args.demo {
         seed_demo(&state).await?;
-        print_demo_banner(&args.auth, listener.local_addr().ok());
+        let admin_key = args.admin_api_keys.as_deref().unwrap_or_default();
+        let admin_key = admin_key.split(',').next().unwrap_or_default().trim();
+        print_demo_banner(&args.auth, admin_key, listener.local_addr().ok());
     }
     app::run(listener, state, shutdown).await?;
     Ok(())
@@ -200,22 +222,21 @@ async fn seed_demo(state: &AppState) -> Result<(), CommandError> {
 }
 
 /// Prints the ready-to-use URLs and tokens of `--demo`.
-fn print_demo_banner(auth: &AuthArgs, addr: Option<std::net::SocketAddr>) {
+fn print_demo_banner(auth: &AuthArgs, admin: &str, addr: Option<std::net::SocketAddr>) {
     let Ok(signer) = Signer::from_args(auth) else {
         return;
     };
     let port = addr.map(|a| a.port()).unwrap_or(5000);
     let day = 24 * 3600;
-    let acme = signer.mint(Some("acme"), false, day);
-    let globex = signer.mint(Some("globex"), false, day);
-    let admin = signer.mint(None, true, day);
+    let acme = signer.mint("acme", Some("alice"), day);
+    let globex = signer.mint("globex", Some("bob"), day);
     println!(
         "\nlicense-gateway demo (embedded engine)\n\
          \n  Open the demo page (tenant acme, with demo controls):\
          \n    http://127.0.0.1:{port}/?token={acme}&admin={admin}\n\
          \n  WebSocket (tenant acme):   ws://127.0.0.1:{port}/ws/license?token={acme}\
          \n  WebSocket (tenant globex): ws://127.0.0.1:{port}/ws/license?token={globex}\
-         \n  Admin token:               {admin}\
+         \n  Admin key:                 {admin}\
          \n\n  License view (tenant acme):\
          \n    curl http://127.0.0.1:{port}/api/license -H 'Authorization: Bearer {acme}'\
          \n\n  Push acme's usage over its limit (publishes usage_limit_exceeded):\
@@ -230,13 +251,14 @@ fn print_demo_banner(auth: &AuthArgs, addr: Option<std::net::SocketAddr>) {
 
 /// `token`: prints a JWT alone on one line.
 pub fn token(args: &TokenArgs) -> Result<String, CommandError> {
-    if let Some(t) = &args.tenant
-        && !valid_tenant_id(t)
-    {
-        return Err(CommandError::Usage(format!("invalid tenant id {t:?}")));
+    if !valid_tenant_id(&args.tenant) {
+        return Err(CommandError::Usage(format!(
+            "invalid tenant id {:?}",
+            args.tenant
+        )));
     }
     let signer = Signer::from_args(&args.auth)?;
-    Ok(signer.mint(args.tenant.as_deref(), args.admin, args.ttl))
+    Ok(signer.mint(&args.tenant, args.user.as_deref(), args.ttl))
 }
 
 /// `publish`: validates the event, publishes it through Redis, returns its id.

@@ -102,8 +102,14 @@ pub struct WorkerArgs {
 /// Redis connection.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// `redis://`, `rediss://` or `redis-cluster://` URL; unset = embedded in-memory engine.
-    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL")]
+    /// `redis://` or `redis-cluster://` URL; unset = embedded in-memory engine. May carry a
+    /// password, so its value is never shown in `--help`.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
 }
 
@@ -118,6 +124,14 @@ pub struct AuthArgs {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+    /// The HMAC secret being rotated out: still accepted for verification, never used to sign.
+    #[arg(
+        long,
+        env = "JWT_SECRET_PREVIOUS",
+        value_name = "JWT_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub jwt_secret_previous: Option<String>,
     /// PEM file with an RSA or EC public key: RS256/ES256 verification instead of a secret.
     #[arg(long, env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -135,7 +149,21 @@ pub struct AuthArgs {
         default_value = "tenantId"
     )]
     pub jwt_tenant_claim: String,
-    /// Clock-skew allowance on `exp`/`nbf`, also when closing live connections. Default 5.
+    /// Claim that names the user (revocation, notifications); optional in tokens. Default `sub`.
+    #[arg(
+        long,
+        env = "JWT_USER_CLAIM",
+        value_name = "JWT_USER_CLAIM",
+        default_value = "sub"
+    )]
+    pub jwt_user_claim: String,
+    /// Longest accepted token lifetime: a token whose `exp` is further ahead is refused, at
+    /// connect and at refresh. Default 86400.
+    #[arg(long, env = "JWT_MAX_TTL_SECS", value_name = "JWT_MAX_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub jwt_max_ttl_secs: u64,
+    /// Clock-skew allowance on `exp`/`nbf` (at most 300), also when closing live connections.
+    /// Default 5.
     #[arg(
         long,
         env = "JWT_LEEWAY_SECS",
@@ -151,10 +179,13 @@ impl AuthArgs {
     pub(crate) fn hs256(secret: &str) -> Self {
         Self {
             jwt_secret: Some(secret.into()),
+            jwt_secret_previous: None,
             jwt_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_tenant_claim: "tenantId".into(),
+            jwt_user_claim: "sub".into(),
+            jwt_max_ttl_secs: 86_400,
             jwt_leeway_secs: 0,
         }
     }
@@ -169,15 +200,24 @@ pub struct ServeArgs {
     /// Listen port. Default 5000 (the seed's).
     #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 5000)]
     pub port: u16,
-    /// Listen address. Default 0.0.0.0.
-    #[arg(long, env = "HOST", value_name = "HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Listen address. Default 0.0.0.0; with `--demo`, 127.0.0.1.
+    #[arg(long, env = "HOST", value_name = "HOST")]
+    pub host: Option<IpAddr>,
     /// Redis connection; unset = embedded engine.
     #[command(flatten)]
     pub redis: RedisArgs,
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Admin keys for the admin routes, comma list (several valid at once, for rotation), each
+    /// at least 32 characters. Unset: admin routes answer 401. `--demo` generates one.
+    #[arg(
+        long,
+        env = "ADMIN_API_KEYS",
+        value_name = "ADMIN_API_KEYS",
+        hide_env_values = true
+    )]
+    pub admin_api_keys: Option<String>,
     /// Notice thresholds (embedded validator and API changes).
     #[command(flatten)]
     pub rules: RulesArgs,
@@ -298,15 +338,15 @@ pub struct HistoryArgs {
 /// `token`: mint a JWT.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
-    /// Tenant the token is for (optional with --admin).
-    #[arg(long, required_unless_present = "admin")]
-    pub tenant: Option<String>,
+    /// Tenant the token is for.
+    #[arg(long)]
+    pub tenant: String,
+    /// User the token names (the `JWT_USER_CLAIM` claim); unset = none.
+    #[arg(long)]
+    pub user: Option<String>,
     /// Lifetime in seconds. Default 3600.
     #[arg(long, default_value_t = 3600)]
     pub ttl: u64,
-    /// Add `"role": "admin"`.
-    #[arg(long)]
-    pub admin: bool,
     /// Signing settings (JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE, JWT_TENANT_CLAIM).
     #[command(flatten)]
     pub auth: AuthArgs,

@@ -27,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "license-gateway")
-SECRET = "bench-secret"
+SECRET = "bench-secret-0123456789-0123456789-01"
 
 # 500 events/s round robin over 100 tenants, each to its 100 connections: 50,000 deliveries/s.
 FANOUT_50K = ["fanout", "--connections", "10000", "--tenants", "100", "--sources", "8",

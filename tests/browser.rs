@@ -20,7 +20,7 @@ async fn put(port: u16, path: &str, body: &Value) {
         port,
         "PUT",
         path,
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some(&body.to_string()),
     )
     .await
@@ -297,7 +297,7 @@ async fn demo_page_screenshot() {
         "{}/?token={}&admin={}",
         gateway.http_url(""),
         tenant_token("acme"),
-        admin_token()
+        admin_key()
     );
     browser.goto(&url).await;
     browser.wait_for("document.querySelector('#controls:not([hidden])') && document.getElementById('state').dataset.state === 'open'", WAIT).await;

@@ -101,7 +101,7 @@ async fn a_master_killed_mid_stream_loses_no_event_that_reached_the_history() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let t = i % tenants.len();
                 let path = format!("/api/admin/tenants/{}/events", tenants[t]);
-                let reply = http(port, "POST", &path, Some(&admin_token()), Some(&body)).await;
+                let reply = http(port, "POST", &path, Some(&admin_key()), Some(&body)).await;
                 match reply {
                     Ok((201, text)) => {
                         let id = serde_json::from_str::<serde_json::Value>(&text).unwrap()["id"]

@@ -17,8 +17,7 @@ async fn publish_somewhere(ports: &[u16], tenant: &str, i: usize) -> Option<Stri
         json!({"type": "license_updated", "data": {"changes": ["plan"], "i": i}}).to_string();
     let path = format!("/api/admin/tenants/{tenant}/events");
     for port in ports {
-        if let Ok((201, text)) = http(*port, "POST", &path, Some(&admin_token()), Some(&body)).await
-        {
+        if let Ok((201, text)) = http(*port, "POST", &path, Some(&admin_key()), Some(&body)).await {
             let envelope: serde_json::Value = serde_json::from_str(&text).ok()?;
             return envelope["id"].as_str().map(str::to_owned);
         }

@@ -99,7 +99,7 @@ fn compose_config(path: &Path) -> (bool, String) {
         .arg("-f")
         .arg(path)
         .args(["config", "-q"])
-        .env("JWT_SECRET", "validate")
+        .env("JWT_SECRET", "validate-0123456789-0123456789-0123")
         .output()
         .expect("docker-compose must be installed (the README's test command installs it)");
     (
@@ -190,7 +190,7 @@ async fn compose_topology_runs_natively() {
         port,
         "PUT",
         "/api/admin/tenants/acme/license",
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some(&doc.to_string()),
     )
     .await
@@ -207,7 +207,7 @@ async fn compose_topology_runs_natively() {
         port,
         "PUT",
         "/api/admin/tenants/acme/usage",
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some(&usage),
     )
     .await

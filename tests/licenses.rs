@@ -34,7 +34,7 @@ async fn put_license(port: u16, tenant: &str, doc: &Value) -> (u16, Value) {
         port,
         "PUT",
         &path,
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some(&doc.to_string()),
     )
     .await
@@ -48,7 +48,7 @@ async fn put_usage(port: u16, tenant: &str, usage: &Value) -> (u16, Value) {
         port,
         "PUT",
         &path,
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some(&usage.to_string()),
     )
     .await
@@ -149,7 +149,7 @@ async fn license_changes_publish_module_and_update_events(backend: Backend) {
     );
 
     let path = "/api/admin/tenants/acme/license";
-    let (status, _) = http(d.port(), "DELETE", path, Some(&admin_token()), None)
+    let (status, _) = http(d.port(), "DELETE", path, Some(&admin_key()), None)
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -162,7 +162,7 @@ async fn license_changes_publish_module_and_update_events(backend: Backend) {
         )]
     );
     assert_eq!(get_license(d.port(), &tenant_token("acme")).await.0, 404);
-    let (status, body) = http(d.port(), "DELETE", path, Some(&admin_token()), None)
+    let (status, body) = http(d.port(), "DELETE", path, Some(&admin_key()), None)
         .await
         .unwrap();
     assert_eq!(status, 404, "{body}");
@@ -406,7 +406,7 @@ async fn invalid_documents_are_refused_and_nothing_is_stored(backend: Backend) {
         d.port(),
         "PUT",
         "/api/admin/tenants/acme/license",
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some("{not json"),
     )
     .await
@@ -441,7 +441,8 @@ async fn license_status_view(backend: Backend) {
         (status, body["error"]["code"].clone()),
         (404, json!("no_license"))
     );
-    assert_eq!(get_license(d.port(), &admin_token()).await.0, 403);
+    // An admin key is no tenant token.
+    assert_eq!(get_license(d.port(), &admin_key()).await.0, 401);
     assert_eq!(
         http(d.port(), "GET", "/api/license", None, None)
             .await

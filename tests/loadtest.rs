@@ -11,6 +11,7 @@ fn loadtest(args: &[&str], env: &[(&str, &str)]) -> Value {
     all.push("--json");
     let mut env = env.to_vec();
     env.push(("JWT_SECRET", SECRET));
+    env.push(("ADMIN_API_KEYS", ADMIN_KEY));
     let (status, stdout, stderr) = run_cli(&all, &env);
     assert!(status.success(), "loadtest failed: {stderr}");
     assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");

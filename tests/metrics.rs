@@ -160,7 +160,7 @@ async fn a_standalone_worker_serves_its_own_metrics() {
         node.port,
         "PUT",
         "/api/admin/tenants/acme/license",
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some(&license.to_string()),
     )
     .await

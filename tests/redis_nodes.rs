@@ -256,7 +256,7 @@ async fn redis_outage_keeps_connections_and_fails_publishes_cleanly() {
         a.port,
         "POST",
         "/api/admin/tenants/acme/events",
-        Some(&admin_token()),
+        Some(&admin_key()),
         Some(body),
     )
     .await
@@ -353,25 +353,25 @@ async fn graceful_stop_leaves_the_registry_at_once() {
 #[test]
 fn configuration_errors_are_one_line_naming_the_variable() {
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (vec![("JWT_SECRET", "s"), ("PORT", "abc")], "PORT"),
+        (vec![("JWT_SECRET", SECRET), ("PORT", "abc")], "PORT"),
         (
-            vec![("JWT_SECRET", "s"), ("MAX_FRAME_BYTES", "-1")],
+            vec![("JWT_SECRET", SECRET), ("MAX_FRAME_BYTES", "-1")],
             "MAX_FRAME_BYTES",
         ),
         (
-            vec![("JWT_SECRET", "s"), ("PING_INTERVAL_SECS", "0")],
+            vec![("JWT_SECRET", SECRET), ("PING_INTERVAL_SECS", "0")],
             "PING_INTERVAL_SECS",
         ),
         (
-            vec![("JWT_SECRET", "s"), ("LOG_FORMAT", "xml")],
+            vec![("JWT_SECRET", SECRET), ("LOG_FORMAT", "xml")],
             "LOG_FORMAT",
         ),
         (
-            vec![("JWT_SECRET", "s"), ("REDIS_URL", "http://x")],
+            vec![("JWT_SECRET", SECRET), ("REDIS_URL", "http://x")],
             "REDIS_URL",
         ),
         (
-            vec![("JWT_SECRET", "s"), ("ALLOWED_ORIGINS", " , ")],
+            vec![("JWT_SECRET", SECRET), ("ALLOWED_ORIGINS", " , ")],
             "ALLOWED_ORIGINS",
         ),
         (
@@ -379,6 +379,30 @@ fn configuration_errors_are_one_line_naming_the_variable() {
             "JWT_PUBLIC_KEY",
         ),
         (vec![], "JWT_SECRET"),
+        // Credential policy: weak or out-of-range settings stop start-up.
+        (
+            vec![("JWT_SECRET", "31-bytes-is-one-byte-too-short")],
+            "JWT_SECRET",
+        ),
+        (
+            vec![("JWT_SECRET", SECRET), ("JWT_SECRET_PREVIOUS", "short")],
+            "JWT_SECRET_PREVIOUS",
+        ),
+        (
+            vec![("JWT_SECRET", SECRET), ("JWT_LEEWAY_SECS", "301")],
+            "JWT_LEEWAY_SECS",
+        ),
+        (
+            vec![("JWT_SECRET", SECRET), ("JWT_MAX_TTL_SECS", "0")],
+            "JWT_MAX_TTL_SECS",
+        ),
+        (
+            vec![
+                ("JWT_SECRET", SECRET),
+                ("ADMIN_API_KEYS", "too-short-to-be-a-key"),
+            ],
+            "ADMIN_API_KEYS",
+        ),
     ];
     for (env, var) in cases {
         let (status, _, stderr) = run_cli(&["serve"], &env);
@@ -390,7 +414,8 @@ fn configuration_errors_are_one_line_naming_the_variable() {
         );
         assert!(stderr.contains(var), "{var} named in {stderr:?}");
     }
-    let (status, stdout, stderr) = run_cli(&["token", "--tenant", "acme"], &[("JWT_SECRET", "s")]);
+    let (status, stdout, stderr) =
+        run_cli(&["token", "--tenant", "acme"], &[("JWT_SECRET", SECRET)]);
     assert!(status.success(), "{stderr}");
     assert_eq!(
         stdout.trim().split('.').count(),

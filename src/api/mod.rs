@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post, put};
 
-use crate::auth::Verifier;
+use crate::auth::{AdminKeys, Verifier};
 use crate::gateway::Node;
 use crate::worker::Validator;
 
@@ -28,13 +28,14 @@ pub fn probe_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 /// The API routes, for any router state that can hand out what they use: the node (readiness,
-/// stats, publish), the validator (license changes) and the verifier (credentials).
+/// stats, publish), the validator (license changes), the verifier and the admin keys.
 pub fn routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Node>: FromRef<S>,
     Arc<Validator>: FromRef<S>,
     Arc<Verifier>: FromRef<S>,
+    Arc<AdminKeys>: FromRef<S>,
 {
     probe_routes()
         .route("/readyz", get(health::readyz))

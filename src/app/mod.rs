@@ -9,7 +9,7 @@ use axum::extract::FromRef;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Verifier;
+use crate::auth::{AdminKeys, Verifier};
 use crate::engine::{EngineError, Engines};
 use crate::gateway::{Node, Settings, lifecycle};
 use crate::license::rules::Rules;
@@ -23,6 +23,8 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// License evaluation and notices (admin API, embedded validator).
     pub validator: Arc<Validator>,
+    /// Credentials of the admin routes.
+    pub admin_keys: Arc<AdminKeys>,
     /// The engine's name, for the logs.
     pub engine: &'static str,
     /// Run the validator loop in-process (embedded engine), with this full-pass interval.
@@ -34,6 +36,7 @@ impl AppState {
     pub fn new(
         settings: Settings,
         verifier: Verifier,
+        admin_keys: AdminKeys,
         engines: &Engines,
         rules: Rules,
         embedded_validator: Option<Duration>,
@@ -47,6 +50,7 @@ impl AppState {
         Self {
             node: Arc::new(node),
             validator: Arc::new(Validator::new(engines.store.clone(), rules)),
+            admin_keys: Arc::new(admin_keys),
             engine: engines.name,
             embedded_validator,
         }
@@ -62,6 +66,12 @@ impl FromRef<AppState> for Arc<Node> {
 impl FromRef<AppState> for Arc<Validator> {
     fn from_ref(state: &AppState) -> Self {
         state.validator.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<AdminKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.admin_keys.clone()
     }
 }
 

@@ -11,15 +11,17 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{AppState, app};
-use crate::auth::{Signer, Verifier};
+use crate::auth::{AdminKeys, Signer, Verifier};
 use crate::config::AuthArgs;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engines, HistoryConfig};
 use crate::gateway::Settings;
 use crate::license::rules::Rules;
 
+const SECRET: &str = "api-test-secret-0123456789abcdefgh";
+
 fn auth_args() -> AuthArgs {
-    AuthArgs::hs256("api-test-secret-0123456789abcdefgh")
+    AuthArgs::hs256(SECRET)
 }
 
 fn state() -> AppState {
@@ -30,25 +32,23 @@ fn state() -> AppState {
     };
     let engines = Engines::of("memory", MemoryEngine::new(history));
     let verifier = Verifier::from_args(&auth_args()).expect("verifier");
-    AppState::new(
-        settings,
-        verifier,
-        &engines,
-        Rules::new(vec![30, 7, 1], 80.0),
-        None,
-    )
+    let admin_keys = AdminKeys::parse(Some(ADMIN_KEY)).expect("admin key");
+    let rules = Rules::new(vec![30, 7, 1], 80.0);
+    AppState::new(settings, verifier, admin_keys, &engines, rules, None)
 }
 
 fn signer() -> Signer {
     Signer::from_args(&auth_args()).expect("signer")
 }
 
+const ADMIN_KEY: &str = "api-test-admin-key-0123456789abcdef";
+
 fn admin() -> String {
-    signer().mint(None, true, 600)
+    ADMIN_KEY.to_owned()
 }
 
 fn tenant(t: &str) -> String {
-    signer().mint(Some(t), false, 600)
+    signer().mint(t, None, 600)
 }
 
 /// One request through the router: status and JSON body (`Null` when not JSON).
@@ -151,8 +151,9 @@ async fn usage_warnings_fire_once_per_crossing() {
     assert_eq!(body["events"], json!([]));
 }
 
-/// Invariant: credentials are checked before anything else — no token 401, a tenant token on
-/// an admin route 403, an admin token naming no tenant on a tenant route 403.
+/// Invariant: admin routes take admin keys only — no credential or a wrong key 401, a valid
+/// tenant token 403 whatever its claims (a `role: admin` claim included) — and tenant routes
+/// take tenant tokens only.
 #[tokio::test]
 async fn routes_refuse_the_wrong_credentials() {
     let state = state();
@@ -161,22 +162,48 @@ async fn routes_refuse_the_wrong_credentials() {
         call(&state, "GET", stats, None, None).await.0,
         StatusCode::UNAUTHORIZED
     );
-    let (status, body) = call(&state, "GET", stats, Some(&tenant("acme")), None).await;
+    let wrong_key = "api-test-admin-key-0123456789abcdeX";
+    assert_eq!(
+        call(&state, "GET", stats, Some(wrong_key), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let now = crate::protocol::now_ms() / 1000;
+    let claims = json!({"tenantId": "acme", "role": "admin", "exp": now + 60});
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key");
+    let with_role =
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token");
+    let (status, body) = call(&state, "GET", stats, Some(&with_role), None).await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
         (StatusCode::FORBIDDEN, json!("forbidden"))
+    );
+    let license = license("2099-01-01T00:00:00Z");
+    let put = "/api/admin/tenants/acme/license";
+    let (status, _) = call(&state, "PUT", put, Some(&with_role), Some(license.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call(&state, "PUT", put, Some(&admin()), Some(license))
+            .await
+            .0,
+        StatusCode::CREATED
     );
     assert_eq!(
         call(&state, "GET", "/api/license", Some(&admin()), None)
             .await
             .0,
-        StatusCode::FORBIDDEN
+        StatusCode::UNAUTHORIZED
     );
     assert_eq!(
         call(&state, "GET", "/api/license", Some("garbage"), None)
             .await
             .0,
         StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&state, "GET", "/api/license", Some(&with_role), None)
+            .await
+            .0,
+        StatusCode::OK
     );
 }
 

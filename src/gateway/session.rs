@@ -428,10 +428,15 @@ impl<W: Socket> Session<'_, W> {
                 }
             }
             ClientMessage::Auth { token } => {
-                let (tenant, claims) = self.node.verifier.verify_tenant(&token).map_err(|e| {
-                    metrics::auth_failed(e.label());
-                    Some(e.close_reason())
-                })?;
+                let (tenant, claims) =
+                    self.node
+                        .verifier
+                        .verify_tenant(&token)
+                        .await
+                        .map_err(|e| {
+                            metrics::auth_failed(e.label());
+                            Some(e.close_reason())
+                        })?;
                 if tenant != self.membership.tenant() {
                     session_event!(self.span, WARN, other = %tenant, "refresh token names another tenant");
                     metrics::auth_failed("other_tenant");

@@ -36,7 +36,7 @@ fn auth_args() -> AuthArgs {
 fn token(tenant: &str) -> String {
     Signer::from_args(&auth_args())
         .expect("signer")
-        .mint(Some(tenant), false, 3600)
+        .mint(tenant, None, 3600)
 }
 
 /// A started node over a fresh embedded engine keeping `history` events per tenant.
@@ -113,23 +113,23 @@ const SOCKET_BUFFER: usize = 64;
 
 impl Client {
     /// Opens a session of `tenant` on `node`, resuming after `last` when given.
-    fn open(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
+    async fn open(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
         let (outgoing, from_server) = mpsc::channel(SOCKET_BUFFER);
-        Self::open_on(node, tenant, last, outgoing, from_server)
+        Self::open_on(node, tenant, last, outgoing, from_server).await
     }
 
     /// Like [`Client::open`], but the session's first send (`connected`) waits until the
     /// test has read a placeholder frame: the session has joined the hub by then, and reads
     /// the history only after.
-    fn open_gated(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
+    async fn open_gated(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
         let (outgoing, from_server) = mpsc::channel(1);
         outgoing
             .try_send(Message::Ping(Default::default()))
             .expect("room for the placeholder");
-        Self::open_on(node, tenant, last, outgoing, from_server)
+        Self::open_on(node, tenant, last, outgoing, from_server).await
     }
 
-    fn open_on(
+    async fn open_on(
         node: &Arc<Node>,
         tenant: &str,
         last: Option<&str>,
@@ -138,7 +138,7 @@ impl Client {
     ) -> Self {
         let (to_server, incoming) = mpsc::unbounded_channel();
         let handshake = Handshake {
-            auth: node.verifier.verify_tenant(&token(tenant)),
+            auth: node.verifier.verify_tenant(&token(tenant)).await,
             refuse: None,
             guard: node.admit().1,
             last_event_id: last.map(str::to_owned),
@@ -195,7 +195,7 @@ impl Client {
 async fn a_fresh_session_starts_at_the_tenant_position() {
     let (node, engine) = node(100).await;
     let first = publish(&engine, "acme", 1).await;
-    let mut client = Client::open(&node, "acme", None);
+    let mut client = Client::open(&node, "acme", None).await;
     let connected = client.json().await;
     assert_eq!(connected["type"], "connected");
     assert_eq!(connected["lastEventId"], first.id.to_string());
@@ -214,9 +214,9 @@ async fn resume_replays_after_the_id_then_goes_live_without_duplicates() {
         ids.push(publish(&engine, "acme", n).await.id.to_string());
     }
     // A session already holds the tenant's subscription, so live events flow during replay.
-    let mut other = Client::open(&node, "acme", None);
+    let mut other = Client::open(&node, "acme", None).await;
     other.json().await;
-    let mut client = Client::open(&node, "acme", Some(&ids[0]));
+    let mut client = Client::open(&node, "acme", Some(&ids[0])).await;
     assert_eq!(client.json().await["type"], "connected");
     assert_eq!(client.json().await["id"], ids[1]);
     assert_eq!(client.json().await["id"], ids[2]);
@@ -231,9 +231,9 @@ async fn resume_replays_after_the_id_then_goes_live_without_duplicates() {
 async fn an_event_both_replayed_and_live_is_sent_once() {
     let (node, engine) = node(100).await;
     let first = publish(&engine, "acme", 1).await.id.to_string();
-    let mut holder = Client::open(&node, "acme", None);
+    let mut holder = Client::open(&node, "acme", None).await;
     holder.json().await;
-    let mut client = Client::open_gated(&node, "acme", Some(&first));
+    let mut client = Client::open_gated(&node, "acme", Some(&first)).await;
     tokio::task::yield_now().await;
     // Joined, not yet replayed: this event goes into the outbox and into the history.
     let both = publish(&engine, "acme", 2).await.id.to_string();
@@ -285,14 +285,14 @@ async fn unresumable_positions_get_resync_with_their_reason() {
         ("empty", ids[3].clone(), ResyncReason::HistoryEmpty),
     ];
     for (tenant, last, reason) in cases {
-        let mut client = Client::open(&node, tenant, Some(&last));
+        let mut client = Client::open(&node, tenant, Some(&last)).await;
         assert_eq!(client.json().await["type"], "connected");
         let resync = client.json().await;
         assert_eq!(resync["type"], "resync_required", "{last}");
         assert_eq!(resync["reason"], reason.text(), "{last}");
         client.silent().await;
     }
-    let mut client = Client::open(&node, "acme", Some(&ids[0]));
+    let mut client = Client::open(&node, "acme", Some(&ids[0])).await;
     client.json().await;
     client.json().await;
     let live = publish(&engine, "acme", 5).await;
@@ -324,7 +324,7 @@ async fn the_start_position_is_taken_when_the_outbox_joins() {
 #[tokio::test]
 async fn client_messages_and_in_band_refresh() {
     let (node, _engine) = node(10).await;
-    let mut client = Client::open(&node, "acme", None);
+    let mut client = Client::open(&node, "acme", None).await;
     client.json().await;
     client.send(json!({"type": "ping"}));
     assert_eq!(client.json().await["type"], "pong");
@@ -344,8 +344,8 @@ async fn client_messages_and_in_band_refresh() {
 #[tokio::test]
 async fn drain_closes_sessions_with_going_away() {
     let (node, _engine) = node(10).await;
-    let mut a = Client::open(&node, "acme", None);
-    let mut b = Client::open(&node, "globex", None);
+    let mut a = Client::open(&node, "acme", None).await;
+    let mut b = Client::open(&node, "globex", None).await;
     a.json().await;
     b.json().await;
     node.hub

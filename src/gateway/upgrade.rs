@@ -86,7 +86,7 @@ async fn ws_handler(
         None
     };
     let auth = match presented_token(&headers, &query) {
-        Some(token) => node.verifier.verify_tenant(token),
+        Some(token) => node.verifier.verify_tenant(token).await,
         None => Err(AuthError::Missing),
     };
     let last_event_id = protocol_entry(&headers, LAST_ID_PREFIX)

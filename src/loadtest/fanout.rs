@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::clients::{Shared, drive_all};
 use super::report::{Delivery, Latency, Report};
 use super::{FanoutArgs, LoadtestError, PublishVia, connect_phase, procstat};
-use crate::auth::Signer;
 use crate::engine::redis::{ConnectMode, RedisEngine};
 use crate::engine::{Broker, HistoryConfig};
 use crate::protocol::{EventDraft, EventType};
@@ -46,7 +45,7 @@ impl Publisher {
 struct ApiClient {
     client: reqwest::Client,
     target: std::net::SocketAddr,
-    admin_token: String,
+    admin_key: String,
 }
 
 impl ApiClient {
@@ -56,7 +55,7 @@ impl ApiClient {
         let response = self
             .client
             .post(url)
-            .bearer_auth(&self.admin_token)
+            .bearer_auth(&self.admin_key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -101,7 +100,14 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
                 .build()
                 .map_err(|e| LoadtestError::Publish(e.to_string()))?,
             target: common.target,
-            admin_token: Signer::from_args(&common.auth)?.mint(None, true, 24 * 3600),
+            admin_key: args
+                .admin_api_keys
+                .as_deref()
+                .and_then(|keys| keys.split(',').next())
+                .map(|key| key.trim().to_owned())
+                .ok_or_else(|| {
+                    crate::config::ConfigError::new("ADMIN_API_KEYS", "required for --via api")
+                })?,
         }),
     });
 

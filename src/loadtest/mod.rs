@@ -82,7 +82,7 @@ pub struct CommonArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Secret that mints the tenant (and admin) tokens.
+    /// Secret that mints the tenant tokens.
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -128,6 +128,14 @@ pub struct FanoutArgs {
     /// Publish path; default: redis when REDIS_URL is set, else the admin API.
     #[arg(long)]
     pub via: Option<PublishVia>,
+    /// Admin key for `--via api` (the first of the comma list).
+    #[arg(
+        long,
+        env = "ADMIN_API_KEYS",
+        value_name = "ADMIN_API_KEYS",
+        hide_env_values = true
+    )]
+    pub admin_api_keys: Option<String>,
     /// Publishes in flight at once.
     #[arg(long, default_value_t = 64)]
     pub publish_concurrency: usize,

@@ -9,7 +9,7 @@ use crate::WAIT;
 use crate::http::http;
 use crate::process::{TempDir, binary, free_port, kill};
 use crate::redis::{Redis, RedisCluster};
-use crate::tokens::SECRET;
+use crate::tokens::{ADMIN_KEY, SECRET};
 
 /// A gateway process.
 pub struct Gateway {
@@ -29,6 +29,8 @@ pub struct GatewayOptions {
     pub env: Vec<(String, String)>,
     /// Listen on this port instead of a free one (to restart a node where a balancer expects it).
     pub port: Option<u16>,
+    /// Variables of the test environment to leave unset (e.g. `ADMIN_API_KEYS`).
+    pub unset: Vec<String>,
 }
 
 impl GatewayOptions {
@@ -39,17 +41,21 @@ impl GatewayOptions {
     pub fn redis(redis: &Redis) -> Self {
         Self {
             redis_url: Some(redis.url()),
-            env: Vec::new(),
-            port: None,
+            ..Self::default()
         }
     }
 
     pub fn cluster(cluster: &RedisCluster) -> Self {
         Self {
             redis_url: Some(cluster.url()),
-            env: Vec::new(),
-            port: None,
+            ..Self::default()
         }
+    }
+
+    /// Leaves `key` unset instead of the test default.
+    pub fn without(mut self, key: &str) -> Self {
+        self.unset.push(key.to_owned());
+        self
     }
 
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -99,6 +105,7 @@ impl Gateway {
             .env("HOST", "127.0.0.1")
             .env("NODE_ID", &node_id)
             .env("JWT_SECRET", SECRET)
+            .env("ADMIN_API_KEYS", ADMIN_KEY)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info,license_gateway=debug")
             .env("UNSUBSCRIBE_DELAY_SECS", "0.2")
@@ -109,6 +116,9 @@ impl Gateway {
         }
         for (k, v) in &options.env {
             command.env(k, v);
+        }
+        for k in &options.unset {
+            command.env_remove(k);
         }
         let child = command.spawn().expect("start gateway");
         Self {

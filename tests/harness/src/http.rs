@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::WAIT;
-use crate::tokens::admin_token;
+use crate::tokens::admin_key;
 
 /// One request over a fresh client (a test's runtime ends with the test, so no pooled
 /// connection outlives it): returns status and body text. A refused connection or a timeout
@@ -38,7 +38,7 @@ pub async fn http(
 pub async fn publish(port: u16, tenant: &str, event_type: &str, data: Value) -> Value {
     let body = serde_json::json!({ "type": event_type, "data": data }).to_string();
     let path = format!("/api/admin/tenants/{tenant}/events");
-    let (status, text) = http(port, "POST", &path, Some(&admin_token()), Some(&body))
+    let (status, text) = http(port, "POST", &path, Some(&admin_key()), Some(&body))
         .await
         .expect("publish request");
     assert_eq!(status, 201, "publish failed: {text}");
@@ -47,7 +47,7 @@ pub async fn publish(port: u16, tenant: &str, event_type: &str, data: Value) -> 
 
 /// `GET /api/admin/stats` with an admin token; panics unless 200.
 pub async fn admin_stats(port: u16) -> Value {
-    let (status, body) = http(port, "GET", "/api/admin/stats", Some(&admin_token()), None)
+    let (status, body) = http(port, "GET", "/api/admin/stats", Some(&admin_key()), None)
         .await
         .expect("stats request");
     assert_eq!(status, 200, "{body}");

@@ -3,8 +3,10 @@
 
 use serde_json::{Value, json};
 
-/// The HMAC secret every test gateway uses.
-pub const SECRET: &str = "test-secret-do-not-use";
+/// The HMAC secret every test gateway uses (at least 32 bytes, as the gateway requires).
+pub const SECRET: &str = "test-secret-do-not-use-0123456789abcdef";
+/// The admin key every test gateway accepts (`ADMIN_API_KEYS`).
+pub const ADMIN_KEY: &str = "test-admin-key-do-not-use-0123456789abc";
 
 /// A tenant token valid for an hour.
 pub fn tenant_token(tenant: &str) -> String {
@@ -12,10 +14,9 @@ pub fn tenant_token(tenant: &str) -> String {
     sign_claims(&json!({"tenantId": tenant, "iat": now, "exp": now + 3600}))
 }
 
-/// An admin token valid for an hour.
-pub fn admin_token() -> String {
-    let now = now_secs();
-    sign_claims(&json!({"role": "admin", "iat": now, "exp": now + 3600}))
+/// The admin key, as admin routes take it (`Authorization: Bearer <key>`).
+pub fn admin_key() -> String {
+    ADMIN_KEY.to_owned()
 }
 
 /// Signs arbitrary claims with HS256 and the test secret.
