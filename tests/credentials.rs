@@ -25,6 +25,11 @@ fn admin_routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ),
         ("DELETE", "/api/admin/tenants/globex/license", None),
         ("GET", "/api/admin/stats", None),
+        (
+            "POST",
+            "/api/admin/tenants/globex/disconnect",
+            Some(json!({})),
+        ),
     ]
 }
 
@@ -181,5 +186,81 @@ fn help_shows_no_secret() {
             };
             assert!(!stdout.contains(needle), "{args:?} shows {var}: {stdout}");
         }
+    }
+}
+
+/// Revocation through one node closes that user's connections on all three nodes behind one
+/// Redis within a second, with 1008 `revoked`, and nobody else's: the others still get events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_every_node_within_a_second() {
+    let redis = Redis::start();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Gateway::start(GatewayOptions::redis(&redis)).await);
+    }
+    let exp = now_secs() + 600;
+    let token = |tenant: &str, user: &str| {
+        sign_claims(&json!({"tenantId": tenant, "sub": user, "exp": exp}))
+    };
+    let (mut revoked, mut kept) = (Vec::new(), Vec::new());
+    for node in &nodes {
+        let url = node.ws_url();
+        revoked.push(WsClient::connected(&url, &token("acme", "u1")).await.0);
+        kept.push((
+            "acme",
+            WsClient::connected(&url, &token("acme", "u2")).await.0,
+        ));
+        kept.push((
+            "globex",
+            WsClient::connected(&url, &token("globex", "u1")).await.0,
+        ));
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = http(
+        nodes[0].port,
+        "POST",
+        "/api/admin/tenants/acme/disconnect",
+        Some(ADMIN_KEY),
+        Some(r#"{"userId":"u1"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, body.as_str()), (202, r#"{"requested":true}"#));
+    for client in &mut revoked {
+        match client.read(Duration::from_secs(1)).await {
+            Some(Read::Close(Some((1008, reason)))) => assert_eq!(reason, "revoked"),
+            other => panic!("expected 1008 revoked within 1 s of the request, got {other:?}"),
+        }
+    }
+    println!(
+        "three nodes' connections of u1 revoked within {:?}",
+        started.elapsed()
+    );
+    for tenant in ["acme", "globex"] {
+        publish(
+            nodes[1].port,
+            tenant,
+            "module_activated",
+            json!({"module": "m"}),
+        )
+        .await;
+    }
+    for (tenant, client) in &mut kept {
+        let event = client.next_json().await;
+        assert_eq!(
+            (event["type"].as_str(), event["tenantId"].as_str()),
+            (Some("module_activated"), Some(*tenant))
+        );
+    }
+    // Bad requests change nothing.
+    for body in [r#"{"user":"u2"}"#, r#"{"userId":""}"#, "[1]"] {
+        let path = "/api/admin/tenants/acme/disconnect";
+        let (status, _) = http(nodes[2].port, "POST", path, Some(ADMIN_KEY), Some(body))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}");
+    }
+    for (_, client) in &mut kept {
+        client.expect_silence(Duration::from_millis(300)).await;
     }
 }

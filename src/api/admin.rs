@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::auth::{AdminAuth, valid_tenant_id};
-use crate::engine::NodeStats;
+use crate::engine::{Control, NodeStats};
 use crate::gateway::Node;
 use crate::protocol::{EventDraft, EventType};
 
@@ -81,6 +81,53 @@ pub async fn publish_event(
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/json")],
         published.payload.as_str().to_owned(),
+    )
+        .into_response())
+}
+
+/// Body of `POST /api/admin/tenants/{tenant}/disconnect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(rename = "userId", default)]
+    user_id: Option<String>,
+}
+
+/// `POST /api/admin/tenants/{tenant}/disconnect`: closes the tenant's connections (or one
+/// user's) on every node with 1008 `revoked`; 202, since the nodes act on their own.
+pub async fn disconnect(
+    State(node): State<Arc<Node>>,
+    _admin: AdminAuth,
+    Path(tenant): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    tenant_from_path(&tenant)?;
+    let body = body.map_err(ApiError::from_body)?;
+    let body: DisconnectBody = if body.is_empty() {
+        DisconnectBody { user_id: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))?
+    };
+    if body
+        .user_id
+        .as_deref()
+        .is_some_and(|u| u.is_empty() || u.len() > 256)
+    {
+        return Err(ApiError::field(
+            "invalid_user",
+            "userId",
+            "userId is 1-256 characters",
+        ));
+    }
+    let control = Control::Disconnect {
+        user: body.user_id.clone(),
+    };
+    node.broker.publish_control(&tenant, &control).await?;
+    tracing::info!(%tenant, user = body.user_id.as_deref(), "disconnect requested");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"requested": true})),
     )
         .into_response())
 }

@@ -44,6 +44,10 @@ where
             post(admin::publish_event),
         )
         .route("/api/admin/stats", get(admin::stats))
+        .route(
+            "/api/admin/tenants/{tenant}/disconnect",
+            post(admin::disconnect),
+        )
         .route("/api/license", get(license::get_license))
         .route(
             "/api/admin/tenants/{tenant}/license",

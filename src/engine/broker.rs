@@ -19,11 +19,26 @@ pub struct Published {
     pub payload: Payload,
 }
 
+/// A message between nodes about a tenant's connections: not an event, never in the history,
+/// never sent to clients. It travels on the tenant's channel, so it reaches exactly the nodes
+/// that hold connections of that tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Close the tenant's connections (of one user, when given) with 1008 `revoked`.
+    Disconnect {
+        /// The user whose connections go; `None`: all of the tenant's.
+        user: Option<String>,
+    },
+}
+
 /// Where a broker delivers events of the tenants this node is subscribed to.
 pub trait EventSink: Send + Sync {
     /// One event of `tenant`, in the tenant's publish order. Must not block: called from the
     /// engine's receive loop.
     fn deliver(&self, tenant: &str, id: Option<EventId>, payload: Payload);
+
+    /// A control message about the tenant's connections. Must not block.
+    fn control(&self, tenant: &str, control: Control);
 
     /// Live delivery may have missed events (connection lost, receive loop lagged): hold live
     /// events back until [`EventSink::gap_ends`]. Called before subscriptions are restored.
@@ -89,6 +104,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Appends the event to the tenant's history and publishes it on the tenant's channel, as
     /// one atomic step; returns the assigned id and the envelope.
     async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError>;
+
+    /// Sends a control message to every node subscribed to `tenant` (this one included), once,
+    /// without touching the history.
+    async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError>;
 
     /// Starts receiving `tenant`'s events on this node. Returns once the subscription is in
     /// place: an event published after that reaches the sink.

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Applied, Broker, Change, DocWrite, EngineError, EventSink, Expect, History, HistoryConfig,
-    LicenseStore, NodeRegistry, NodeStats, Position, Published, TenantRecord, store,
+    Applied, Broker, Change, Control, DocWrite, EngineError, EventSink, Expect, History,
+    HistoryConfig, LicenseStore, NodeRegistry, NodeStats, Position, Published, TenantRecord, store,
 };
 use crate::protocol::{EventDraft, EventId, Payload, now_ms};
 
@@ -96,6 +96,13 @@ impl Broker for MemoryEngine {
     async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
         let change = Change::publish(vec![draft.clone()]);
         store::single(self.apply(&draft.tenant, &change).await?)
+    }
+
+    async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {
+        if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
+            sink.control(tenant, control.clone());
+        }
+        Ok(())
     }
 
     async fn subscribe(&self, _tenant: &str) -> Result<(), EngineError> {

@@ -21,7 +21,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use broker::{Broker, EventSink, History, Position, Published};
+pub use broker::{Broker, Control, EventSink, History, Position, Published};
 pub use registry::{NODE_TTL, NodeRegistry, NodeStats};
 pub use store::{Applied, Change, DocWrite, Expect, FieldSwap, LicenseStore, TenantRecord};
 

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::outbox::Outbox;
-use super::recovery::{FillOutcome, Sessions, TenantStream, resync_reason};
-use crate::engine::{Broker, EngineError, EventSink, Position};
+use super::recovery::{FillOutcome, Member, Sessions, TenantStream, resync_reason};
+use crate::engine::{Broker, Control, EngineError, EventSink, Position};
 use crate::protocol::{CloseReason, EventId, Payload};
 
 /// How long a first session waits for its tenant's subscription before giving up.
@@ -109,9 +109,13 @@ impl Hub {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Registers a session of `tenant` and returns once the node's subscription for the tenant
-    /// is in place.
-    pub async fn join(self: &Arc<Self>, tenant: &str) -> Result<Membership, EngineError> {
+    /// Registers a session of `tenant` (and `user`, when its token names one) and returns once
+    /// the node's subscription for the tenant is in place.
+    pub async fn join(
+        self: &Arc<Self>,
+        tenant: &str,
+        user: Option<&str>,
+    ) -> Result<Membership, EngineError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue_len));
         let (key, subscribed, start) = {
@@ -125,7 +129,11 @@ impl Hub {
                 stream: TenantStream::default(),
                 subscribed: Arc::new(tokio::sync::Mutex::new(false)),
             });
-            entry.sessions.insert(id, outbox.clone());
+            let member = Member {
+                outbox: outbox.clone(),
+                user: user.map(Box::from),
+            };
+            entry.sessions.insert(id, member);
             (key, entry.subscribed.clone(), entry.stream.position())
         };
         let membership = Membership {
@@ -237,6 +245,15 @@ impl Hub {
         }
     }
 
+    /// Whether `membership`'s session was opened for `user` (read when a refresh token comes,
+    /// rarely, so the session itself does not carry a copy).
+    pub fn is_user(&self, membership: &Membership, user: Option<&str>) -> bool {
+        self.shard(&membership.tenant)
+            .get(&membership.tenant)
+            .and_then(|e| e.sessions.get(&membership.id))
+            .is_some_and(|m| m.user.as_deref() == user)
+    }
+
     /// Sessions per tenant on this node (tenants with at least one session).
     pub fn tenant_connections(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -337,7 +354,7 @@ impl Hub {
             .flat_map(|shard| {
                 shard
                     .values()
-                    .flat_map(|e| e.sessions.values().cloned())
+                    .flat_map(|e| e.sessions.values().map(|m| m.outbox.clone()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -360,6 +377,30 @@ impl EventSink for Hub {
         let mut shard = self.shard(tenant);
         if let Some(entry) = shard.get_mut(tenant) {
             entry.stream.on_live(&entry.sessions, id, payload);
+        }
+    }
+
+    fn control(&self, tenant: &str, control: Control) {
+        match control {
+            Control::Disconnect { user } => {
+                let shard = self.shard(tenant);
+                let Some(entry) = shard.get(tenant) else {
+                    return;
+                };
+                let mut closed = 0;
+                for member in entry.sessions.values() {
+                    if user.is_none() || member.user.as_deref() == user.as_deref() {
+                        member.outbox.close(CloseReason::Revoked);
+                        closed += 1;
+                    }
+                }
+                tracing::info!(
+                    tenant,
+                    user = user.as_deref(),
+                    closed,
+                    "connections revoked"
+                );
+            }
         }
     }
 

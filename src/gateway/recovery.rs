@@ -21,8 +21,16 @@ use crate::protocol::{EventId, Payload, ResyncReason};
 /// Live events held per tenant while a gap is filled, at most this many (then: resync).
 pub const PENDING_CAP: usize = 100_000;
 
+/// One local session of a tenant: its outbox, and the user its token named (revocation).
+pub struct Member {
+    /// The session's queue.
+    pub outbox: Arc<Outbox>,
+    /// `JWT_USER_CLAIM` of the session's token.
+    pub user: Option<Box<str>>,
+}
+
 /// A tenant's local sessions by number.
-pub type Sessions = HashMap<u64, Arc<Outbox>>;
+pub type Sessions = HashMap<u64, Member>;
 
 /// One tenant's stream position and gap state.
 #[derive(Default)]
@@ -143,9 +151,9 @@ pub fn fan_out(sessions: &Sessions, id: Option<EventId>, payload: &Payload) -> u
     };
     let _entered = span.enter();
     let mut delivered = 0;
-    for outbox in sessions.values() {
+    for member in sessions.values() {
         // A clone of the payload is a reference count: every recipient shares one buffer.
-        if outbox.push(id, payload.clone()) {
+        if member.outbox.push(id, payload.clone()) {
             delivered += 1;
         }
     }
@@ -180,7 +188,11 @@ mod tests {
     /// One session's outbox, and the sessions map holding it.
     fn one_session() -> (Arc<Outbox>, Sessions) {
         let outbox = Arc::new(Outbox::new(1000));
-        (outbox.clone(), Sessions::from([(1, outbox)]))
+        let member = Member {
+            outbox: outbox.clone(),
+            user: None,
+        };
+        (outbox, Sessions::from([(1, member)]))
     }
 
     /// Everything queued, as text.

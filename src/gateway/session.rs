@@ -104,7 +104,7 @@ async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -
             return None;
         }
     };
-    match node.hub.join(&tenant).await {
+    match node.hub.join(&tenant, claims.user.as_deref()).await {
         Ok(membership) => Some(Live {
             socket,
             node,
@@ -440,6 +440,16 @@ impl<W: Socket> Session<'_, W> {
                 if tenant != self.membership.tenant() {
                     session_event!(self.span, WARN, other = %tenant, "refresh token names another tenant");
                     metrics::auth_failed("other_tenant");
+                    return Err(Some(CloseReason::InvalidToken));
+                }
+                // A refresh cannot change who the connection is (a revocation names users).
+                if !self
+                    .node
+                    .hub
+                    .is_user(self.membership, claims.user.as_deref())
+                {
+                    session_event!(self.span, WARN, "refresh token names another user");
+                    metrics::auth_failed("other_user");
                     return Err(Some(CloseReason::InvalidToken));
                 }
                 let ok = ServerMessage::AuthOk {

@@ -23,7 +23,8 @@ use crate::auth::{Signer, Verifier};
 use crate::config::AuthArgs;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
-    Broker, EngineError, EventSink, History, HistoryConfig, NodeRegistry, Position, Published,
+    Broker, Control, EngineError, EventSink, History, HistoryConfig, NodeRegistry, Position,
+    Published,
 };
 use crate::protocol::{EventDraft, EventId, EventType, ResyncReason};
 
@@ -34,9 +35,13 @@ fn auth_args() -> AuthArgs {
 }
 
 fn token(tenant: &str) -> String {
+    token_for(tenant, None)
+}
+
+fn token_for(tenant: &str, user: Option<&str>) -> String {
     Signer::from_args(&auth_args())
         .expect("signer")
-        .mint(tenant, None, 3600)
+        .mint(tenant, user, 3600)
 }
 
 /// A started node over a fresh embedded engine keeping `history` events per tenant.
@@ -114,8 +119,13 @@ const SOCKET_BUFFER: usize = 64;
 impl Client {
     /// Opens a session of `tenant` on `node`, resuming after `last` when given.
     async fn open(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
+        Self::open_as(node, &token(tenant), last).await
+    }
+
+    /// Opens a session with `token`.
+    async fn open_as(node: &Arc<Node>, token: &str, last: Option<&str>) -> Self {
         let (outgoing, from_server) = mpsc::channel(SOCKET_BUFFER);
-        Self::open_on(node, tenant, last, outgoing, from_server).await
+        Self::open_on(node, token, last, outgoing, from_server).await
     }
 
     /// Like [`Client::open`], but the session's first send (`connected`) waits until the
@@ -126,19 +136,19 @@ impl Client {
         outgoing
             .try_send(Message::Ping(Default::default()))
             .expect("room for the placeholder");
-        Self::open_on(node, tenant, last, outgoing, from_server).await
+        Self::open_on(node, &token(tenant), last, outgoing, from_server).await
     }
 
     async fn open_on(
         node: &Arc<Node>,
-        tenant: &str,
+        token: &str,
         last: Option<&str>,
         outgoing: mpsc::Sender<Message>,
         from_server: mpsc::Receiver<Message>,
     ) -> Self {
         let (to_server, incoming) = mpsc::unbounded_channel();
         let handshake = Handshake {
-            auth: node.verifier.verify_tenant(&token(tenant)).await,
+            auth: node.verifier.verify_tenant(token).await,
             refuse: None,
             guard: node.admit().1,
             last_event_id: last.map(str::to_owned),
@@ -250,7 +260,7 @@ async fn an_event_both_replayed_and_live_is_sent_once() {
 #[tokio::test]
 async fn a_gap_fill_through_the_hub_delivers_each_event_once() {
     let (node, engine) = node(100).await;
-    let member = node.hub.join("acme").await.expect("join");
+    let member = node.hub.join("acme", None).await.expect("join");
     let queued = || {
         let mut ids = Vec::new();
         while let super::outbox::Next::Event(Some(id), _) = member.outbox.next() {
@@ -306,8 +316,8 @@ async fn unresumable_positions_get_resync_with_their_reason() {
 async fn the_start_position_is_taken_when_the_outbox_joins() {
     let (node, engine) = node(100).await;
     let first = publish(&engine, "acme", 1).await;
-    let holder = node.hub.join("acme").await.expect("join");
-    let joined = node.hub.join("acme").await.expect("join");
+    let holder = node.hub.join("acme", None).await.expect("join");
+    let joined = node.hub.join("acme", None).await.expect("join");
     assert_eq!(joined.start, Some(first.id));
     let second = publish(&engine, "acme", 2).await;
     assert!(second.id > joined.start.expect("start"));
@@ -374,6 +384,9 @@ impl Broker for NoHistory {
     async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
         self.inner.publish(draft).await
     }
+    async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {
+        self.inner.publish_control(tenant, control).await
+    }
     async fn subscribe(&self, _: &str) -> Result<(), EngineError> {
         self.subscribed.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -411,7 +424,38 @@ async fn a_half_made_subscription_is_undone() {
         subscribed: AtomicUsize::new(0),
     });
     let node = node_over(broker.clone(), Arc::new(MemoryEngine::new(config))).await;
-    assert!(node.hub.join("acme").await.is_err());
+    assert!(node.hub.join("acme", None).await.is_err());
     assert_eq!(broker.subscribed.load(Ordering::SeqCst), 0);
     assert!(node.hub.tenant_connections().is_empty());
+}
+
+/// Invariant: a revocation closes the connections of the named user of the named tenant with
+/// 1008 `revoked`, nobody else's; without a user, every connection of the tenant; and a refresh
+/// cannot switch a connection to another user.
+#[tokio::test]
+async fn revocation_closes_exactly_the_named_connections() {
+    let (node, engine) = node(10).await;
+    let mut alice = Client::open_as(&node, &token_for("acme", Some("alice")), None).await;
+    let mut bob = Client::open_as(&node, &token_for("acme", Some("bob")), None).await;
+    let mut other = Client::open_as(&node, &token_for("globex", Some("alice")), None).await;
+    for client in [&mut alice, &mut bob, &mut other] {
+        assert_eq!(client.json().await["type"], "connected");
+    }
+    let revoke = |user: Option<&str>| Control::Disconnect {
+        user: user.map(str::to_owned),
+    };
+    engine
+        .publish_control("acme", &revoke(Some("alice")))
+        .await
+        .unwrap();
+    alice.expect_close(1008, "revoked").await;
+    bob.silent().await;
+    other.silent().await;
+    bob.send(json!({"type": "auth", "token": token_for("acme", Some("mallory"))}));
+    bob.expect_close(1008, "invalid token").await;
+    let mut carol = Client::open_as(&node, &token_for("acme", None), None).await;
+    carol.json().await;
+    engine.publish_control("acme", &revoke(None)).await.unwrap();
+    carol.expect_close(1008, "revoked").await;
+    other.silent().await;
 }

@@ -36,13 +36,15 @@ pub enum CloseReason {
     TryAgainLater,
     /// The client read too slowly and its bounded queue overflowed.
     SlowConsumer,
+    /// An admin revoked the connection's tenant or user.
+    Revoked,
 }
 
 impl CloseReason {
     /// WebSocket close code (RFC 6455 §7.4).
     pub fn code(self) -> u16 {
         match self {
-            Self::MissingToken | Self::InvalidToken | Self::TokenExpired => 1008,
+            Self::MissingToken | Self::InvalidToken | Self::TokenExpired | Self::Revoked => 1008,
             Self::MessageTooBig => 1009,
             Self::GoingAway => 1001,
             Self::TryAgainLater | Self::SlowConsumer => 1013,
@@ -59,6 +61,7 @@ impl CloseReason {
             Self::GoingAway => "going away",
             Self::TryAgainLater => "try again later",
             Self::SlowConsumer => "slow consumer",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -72,6 +75,7 @@ impl CloseReason {
             Self::GoingAway => "going_away",
             Self::TryAgainLater => "try_again_later",
             Self::SlowConsumer => "slow_consumer",
+            Self::Revoked => "revoked",
         }
     }
 }

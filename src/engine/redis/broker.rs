@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use super::keys::{events_channel, history_key};
 use super::{RedisEngine, SharedSink, unavailable};
 use crate::engine::store::{self, LicenseStore};
-use crate::engine::{Broker, Change, EngineError, History, Position, Published};
+use crate::engine::{Broker, Change, Control, EngineError, History, Position, Published};
 use crate::protocol::{EventDraft, EventId, Payload};
 
 #[async_trait]
@@ -26,6 +26,18 @@ impl Broker for RedisEngine {
     async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
         let change = Change::publish(vec![draft.clone()]);
         store::single(self.apply(&draft.tenant, &change).await?)
+    }
+
+    async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {
+        let message = super::control::encode(tenant, control);
+        let channel = events_channel(tenant);
+        let _: i64 = if self.cluster {
+            self.client.spublish(channel, message).await
+        } else {
+            self.client.publish(channel, message).await
+        }
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn subscribe(&self, tenant: &str) -> Result<(), EngineError> {

@@ -5,10 +5,12 @@
 //! - [`url`]: accepted `REDIS_URL` forms.
 //! - [`scripts`]: the Lua scripts (`scripts/*.lua`) and their argument and reply shapes.
 //! - [`broker`], [`store`], [`registry`]: the three engine roles.
+//! - [`control`]: control messages between nodes on a tenant's channel.
 //! - [`subscriber`]: the receive loop and the subscription keeper.
 //! - [`topology`]: Redis Cluster slot layout.
 
 pub mod broker;
+pub mod control;
 pub mod keys;
 pub mod registry;
 pub mod scripts;

@@ -64,6 +64,16 @@ fn dispatch(message: fred::types::Message, sink: &dyn crate::engine::EventSink) 
             return;
         }
     };
+    if let Some(control) = super::control::decode(tenant, &bytes) {
+        match control {
+            Ok(control) => sink.control(tenant, control),
+            Err(error) => {
+                crate::metrics::payload_dropped();
+                tracing::warn!(tenant, %error, "dropped control message on tenant channel");
+            }
+        }
+        return;
+    }
     let checked = match check_channel_payload(tenant, &bytes) {
         Ok(checked) => checked,
         Err(error) => {
