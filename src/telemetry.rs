@@ -19,7 +19,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -129,12 +129,25 @@ pub fn init(
         LogFormat::Json
     });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Whatever RUST_LOG says, libraries that log raw protocol data at trace stay at debug:
+    // tungstenite logs every received WebSocket message (an in-band refresh carries a token)
+    // and client requests with their headers; the HTTP and Redis stacks log buffers too.
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG)
+        .with_target("hyper", LevelFilter::DEBUG)
+        .with_target("hyper_util", LevelFilter::DEBUG)
+        .with_target("h2", LevelFilter::DEBUG)
+        .with_target("reqwest", LevelFilter::DEBUG)
+        .with_target("fred", LevelFilter::DEBUG)
+        .with_target("mio", LevelFilter::DEBUG);
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().flatten_event(true).boxed(),
     }
-    .with_filter(filter);
+    .with_filter(filter.and(caps));
 
     let provider = if export_wanted()? {
         Some(provider(identity)?)

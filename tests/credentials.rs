@@ -264,3 +264,46 @@ async fn revocation_reaches_every_node_within_a_second() {
         client.expect_silence(Duration::from_millis(300)).await;
     }
 }
+
+/// `serve --demo` listens on loopback unless HOST says otherwise, and its page sends a
+/// Content-Security-Policy without inline scripts and a Referrer-Policy that keeps the token in
+/// its URL from leaking to other sites.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_is_local_and_its_page_locked_down() {
+    let demo = Gateway::spawn_args(
+        &["serve", "--demo"],
+        GatewayOptions::memory()
+            .without("HOST")
+            .without("JWT_SECRET")
+            .without("ADMIN_API_KEYS"),
+    );
+    demo.wait_ready().await;
+    let listening = eventually(WAIT, "the listen log line", || async {
+        demo.log()
+            .lines()
+            .find(|l| l.contains("gateway listening"))
+            .map(str::to_owned)
+    })
+    .await;
+    let expected = format!("\"addr\":\"127.0.0.1:{}\"", demo.port);
+    assert!(listening.contains(&expected), "{listening}");
+    let page = reqwest::get(demo.http_url("/")).await.unwrap();
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let csp = header("content-security-policy");
+    // Scripts from the origin only: no 'unsafe-inline', no other source.
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script type="module" src="/demo.js"></script>"#));
+    assert!(
+        !html.contains("<script type=\"module\">"),
+        "no inline script"
+    );
+}

@@ -94,18 +94,56 @@ fn kubernetes_manifests_match_the_schemas() {
     }
 }
 
-fn compose_config(path: &Path) -> (bool, String) {
-    let out = Command::new("docker-compose")
-        .arg("-f")
-        .arg(path)
-        .args(["config", "-q"])
-        .env("JWT_SECRET", "validate-0123456789-0123456789-0123")
+/// The secrets compose requires from the environment.
+const COMPOSE_SECRETS: [&str; 3] = ["JWT_SECRET", "ADMIN_API_KEYS", "REDIS_PASSWORD"];
+
+fn compose_config_without(path: &Path, missing: Option<&str>) -> (bool, String) {
+    let mut command = Command::new("docker-compose");
+    command.arg("-f").arg(path).args(["config", "-q"]);
+    for var in COMPOSE_SECRETS {
+        command.env_remove(var);
+        if Some(var) != missing {
+            command.env(var, "validate-0123456789-0123456789-0123");
+        }
+    }
+    let out = command
         .output()
         .expect("docker-compose must be installed (the README's test command installs it)");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn compose_config(path: &Path) -> (bool, String) {
+    compose_config_without(path, None)
+}
+
+/// Compose keeps no secret: each one missing from the environment stops it with a message
+/// naming it. Every published port listens on loopback only, and Redis requires a password.
+#[test]
+fn compose_asks_for_its_secrets_and_publishes_on_loopback_only() {
+    let path = root().join("docker-compose.yml");
+    for var in COMPOSE_SECRETS {
+        let (ok, output) = compose_config_without(&path, Some(var));
+        assert!(!ok && output.contains(var), "{var} missing: {output}");
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut published = 0;
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.trim() == "ports:" {
+            while let Some(port) = lines.next_if(|l| l.trim_start().starts_with("- ")) {
+                assert!(
+                    port.contains("\"127.0.0.1:"),
+                    "published beyond loopback: {port}"
+                );
+                published += 1;
+            }
+        }
+    }
+    assert!(published >= 4, "{published} published ports found");
+    assert!(text.contains("\"--requirepass\", \"${REDIS_PASSWORD:?"));
 }
 
 #[test]
@@ -224,4 +262,154 @@ async fn compose_topology_runs_natively() {
         }
     };
     assert_eq!(expired["data"]["expiredAt"], doc["expiresAt"]);
+}
+
+/// The kustomizations with deploy/k8s copied to `dir`, secrets files written when `secrets`.
+fn kustomize(dir: &Path, overlay: &str) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir.join(overlay))
+        .output()
+        .expect("kubectl (with its built-in kustomize) must be installed");
+    let text = if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(text).into_owned(),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// The shipped manifests hold no secret: every kustomization stops, naming the file to create,
+/// until its secrets exist. Rendered with them, they validate, serve only the public paths over
+/// TLS on the Ingress, let only gateway and worker pods reach a password-protected Redis, and
+/// set the production settings a public deployment needs.
+#[test]
+fn kubernetes_deployment_holds_no_secret_and_is_safe_by_default() {
+    let dir = TempDir::new("lgw-kustomize");
+    copy_dir(&root().join("deploy/k8s"), &dir.0);
+    for (overlay, file) in [
+        ("base", "secrets.env"),
+        ("overlays/production", "secrets.env"),
+        ("redis", "redis.env"),
+    ] {
+        let (ok, output) = kustomize(&dir.0, overlay);
+        assert!(
+            !ok && output.contains(file),
+            "{overlay} without {file}: {output}"
+        );
+    }
+    let secrets = [
+        (
+            "base/secrets.env",
+            "JWT_SECRET=s\nADMIN_API_KEYS=k\nREDIS_URL=redis://:p@redis:6379\n",
+        ),
+        (
+            "overlays/cluster/cluster.env",
+            "REDIS_URL=redis-cluster://:p@redis-cluster-0:6379\n",
+        ),
+        ("redis/redis.env", "REDIS_PASSWORD=p\n"),
+    ];
+    for (file, text) in secrets {
+        std::fs::write(dir.0.join(file), text).unwrap();
+    }
+    let mut rendered = std::collections::BTreeMap::new();
+    for overlay in ["base", "overlays/production", "overlays/cluster", "redis"] {
+        let (ok, output) = kustomize(&dir.0, overlay);
+        assert!(ok, "{overlay}: {output}");
+        let path = dir
+            .0
+            .join(format!("{}.rendered.yaml", overlay.replace('/', "-")));
+        std::fs::write(&path, &output).unwrap();
+        let (valid, report) = kubernetes_validate(&path);
+        assert!(valid, "{overlay} rendered: {report}");
+        rendered.insert(overlay, output);
+    }
+    let production = &rendered["overlays/production"];
+    assert!(
+        production.contains("secretName: license-gateway-tls"),
+        "Ingress without TLS"
+    );
+    let ingress = production
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: Ingress"))
+        .expect("an Ingress");
+    let paths: Vec<&str> = ingress
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix("path: "))
+        .collect();
+    assert_eq!(
+        paths,
+        ["/ws/license", "/api/license", "/client.js"],
+        "public paths"
+    );
+    for setting in [
+        "ALLOWED_ORIGINS:",
+        "MAX_CONNECTIONS:",
+        "JWT_ISSUER:",
+        "JWT_AUDIENCE:",
+    ] {
+        assert!(production.contains(setting), "production sets {setting}");
+    }
+    let config_map = production
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: ConfigMap"))
+        .expect("a ConfigMap");
+    assert!(
+        !config_map.contains("REDIS_URL"),
+        "the Redis URL carries a password: Secret only"
+    );
+    let redis = &rendered["redis"];
+    assert!(redis.contains("--requirepass") && redis.contains("kind: NetworkPolicy"));
+    assert!(
+        redis.contains("app.kubernetes.io/name: license-gateway"),
+        "gateways may reach Redis"
+    );
+    // And nothing in the repository is a secret value.
+    let mut files = Vec::new();
+    manifests(&root().join("deploy"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("kind: Secret"),
+            "{} ships a Secret",
+            file.display()
+        );
+        assert!(
+            !text.to_lowercase().contains("change-me"),
+            "{}",
+            file.display()
+        );
+    }
+    let tracked = Command::new("git")
+        .args(["ls-files", "deploy", "docker-compose.yml"])
+        .current_dir(root())
+        .output()
+        .expect("git");
+    let tracked = String::from_utf8_lossy(&tracked.stdout);
+    assert!(
+        tracked.contains("secrets.env.example"),
+        "git ls-files: {tracked}"
+    );
+    for file in tracked.lines() {
+        assert!(
+            !file.ends_with(".env"),
+            "{file} must not be in the repository"
+        );
+    }
 }

@@ -107,7 +107,8 @@ impl Gateway {
             .env("JWT_SECRET", SECRET)
             .env("ADMIN_API_KEYS", ADMIN_KEY)
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,license_gateway=debug")
+            // Everything at trace, so the leak check on drop sees every log line there is.
+            .env("RUST_LOG", "trace")
             .env("UNSUBSCRIBE_DELAY_SECS", "0.2")
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -216,12 +217,26 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The first log line holding a secret value (a token, the HMAC secret, the admin key).
+    pub fn leaked_secret(&self) -> Option<String> {
+        let log = self.log();
+        let secrets = crate::tokens::secrets();
+        log.lines()
+            .find(|line| secrets.iter().any(|s| line.contains(s.as_str())))
+            .map(str::to_owned)
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
+        self.kill();
         if std::thread::panicking() {
             eprintln!("--- gateway {} log ---\n{}", self.node_id, self.log_tail());
+        } else if let Some(line) = self.leaked_secret() {
+            // Every test checks this, at trace level, for every process it started.
+            panic!("gateway {} logged a secret:\n{line}", self.node_id);
         }
-        self.kill();
     }
 }
 

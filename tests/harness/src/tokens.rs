@@ -1,7 +1,20 @@
 //! Tokens the test gateways accept (HS256 with [`SECRET`]), and time helpers for claims and
 //! license documents.
 
+use std::sync::Mutex;
+
 use serde_json::{Value, json};
+
+/// Every token this harness signed, so logs can be searched for them.
+static SIGNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Values no process under test may ever write to its logs: the HMAC secret, the admin key and
+/// every token the harness signed.
+pub fn secrets() -> Vec<String> {
+    let mut all = vec![SECRET.to_owned(), ADMIN_KEY.to_owned()];
+    all.extend(SIGNED.lock().unwrap().iter().cloned());
+    all
+}
 
 /// The HMAC secret every test gateway uses (at least 32 bytes, as the gateway requires).
 pub const SECRET: &str = "test-secret-do-not-use-0123456789abcdef";
@@ -27,7 +40,9 @@ pub fn sign_claims(claims: &Value) -> String {
 /// Signs claims with an HMAC algorithm and secret of choice.
 pub fn sign_with(alg: jsonwebtoken::Algorithm, secret: &[u8], claims: &Value) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(secret).unwrap();
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).unwrap()
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &key).unwrap();
+    SIGNED.lock().unwrap().push(token.clone());
+    token
 }
 
 /// RFC 3339 (whole seconds, UTC) of now plus `secs`.
