@@ -132,6 +132,15 @@ pub struct AuthArgs {
         hide_env_values = true
     )]
     pub jwt_secret_previous: Option<String>,
+    /// JWKS endpoint of the identity provider: keys chosen by each token's `kid` (RS256/384/512,
+    /// ES256/384, EdDSA), refreshed periodically and on an unknown `kid`. Takes precedence over
+    /// JWT_PUBLIC_KEY and JWT_SECRET.
+    #[arg(long, env = "JWT_JWKS_URL", value_name = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between JWKS refreshes. Default 300.
+    #[arg(long, env = "JWT_JWKS_REFRESH_SECS", value_name = "JWT_JWKS_REFRESH_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub jwt_jwks_refresh_secs: u64,
     /// PEM file with an RSA or EC public key: RS256/ES256 verification instead of a secret.
     #[arg(long, env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -180,6 +189,8 @@ impl AuthArgs {
         Self {
             jwt_secret: Some(secret.into()),
             jwt_secret_previous: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 300,
             jwt_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,

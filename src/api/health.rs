@@ -33,6 +33,11 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_js
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "draining" })),
         )
+    } else if !node.verifier.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "keys_unavailable" })),
+        )
     } else if !node.broker.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,

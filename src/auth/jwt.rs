@@ -5,6 +5,10 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::jwks::Jwks;
 use super::{AuthError, valid_tenant_id};
 use crate::config::{AuthArgs, ConfigError};
 
@@ -32,6 +36,8 @@ enum Keys {
         keys: Vec<DecodingKey>,
         algorithms: Vec<Algorithm>,
     },
+    /// Keys by `kid` from the identity provider's JWKS endpoint.
+    Jwks(Arc<Jwks>),
 }
 
 /// Verifies tokens with the configured keys, claim rules and token policy.
@@ -105,8 +111,9 @@ fn static_keys(args: &AuthArgs) -> Result<Keys, ConfigError> {
 }
 
 impl Verifier {
-    /// Builds the verifier from configuration: HS256 with `JWT_SECRET` (and
-    /// `JWT_SECRET_PREVIOUS`), or RS256/ES256 with the public key in `JWT_PUBLIC_KEY`.
+    /// Builds the verifier from configuration: keys from `JWT_JWKS_URL` by `kid`; else
+    /// RS256/ES256 with the public key in `JWT_PUBLIC_KEY`; else HS256 with `JWT_SECRET` (and
+    /// `JWT_SECRET_PREVIOUS`).
     pub fn from_args(args: &AuthArgs) -> Result<Self, ConfigError> {
         if args.jwt_tenant_claim.is_empty() {
             return Err(ConfigError::new("JWT_TENANT_CLAIM", "empty"));
@@ -120,7 +127,13 @@ impl Verifier {
                 format!("at most {MAX_LEEWAY_SECS}"),
             ));
         }
-        let keys = static_keys(args)?;
+        let keys = match &args.jwt_jwks_url {
+            Some(url) => Keys::Jwks(Arc::new(Jwks::new(
+                url,
+                Duration::from_secs(args.jwt_jwks_refresh_secs),
+            )?)),
+            None => static_keys(args)?,
+        };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = args.jwt_leeway_secs;
@@ -163,6 +176,19 @@ impl Verifier {
                 validation.algorithms = algorithms.clone();
                 decode_with_any(token, keys, &validation)?
             }
+            Keys::Jwks(jwks) => {
+                // The key is the one the token's `kid` names, for the algorithm it claims,
+                // provided that key may verify that algorithm.
+                let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+                let kid = header.kid.as_deref().ok_or(AuthError::Invalid)?;
+                let key = jwks.key(kid).await.ok_or(AuthError::Invalid)?;
+                if !key.algorithms.contains(&header.alg) {
+                    return Err(AuthError::Invalid);
+                }
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![header.alg];
+                decode_with_any(token, std::slice::from_ref(&key.key), &validation)?
+            }
         };
         self.claims(claims)
     }
@@ -203,6 +229,22 @@ impl Verifier {
     /// Clock-skew allowance applied to `exp`, in seconds.
     pub fn leeway_secs(&self) -> u64 {
         self.leeway_secs
+    }
+
+    /// The JWKS key source, whose refresh loop the node runs.
+    pub fn jwks(&self) -> Option<Arc<Jwks>> {
+        match &self.keys {
+            Keys::Jwks(jwks) => Some(jwks.clone()),
+            Keys::Static { .. } => None,
+        }
+    }
+
+    /// Whether tokens can be verified: keys configured, or a JWKS key set loaded.
+    pub fn is_ready(&self) -> bool {
+        match &self.keys {
+            Keys::Static { .. } => true,
+            Keys::Jwks(jwks) => jwks.is_loaded(),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! in the application state (not a static) so tests can inject their own.
 
 pub mod admin_keys;
+pub mod jwks;
 pub mod jwt;
 
 use std::sync::Arc;

@@ -23,6 +23,10 @@ pub async fn start(node: &Arc<Node>) -> Result<(), EngineError> {
         .start(sink, node.background_stop.clone(), &node.background)
         .await?;
     node.background.spawn(refresh_registry(node.clone()));
+    if let Some(jwks) = node.verifier.jwks() {
+        node.background
+            .spawn(jwks.run(node.background_stop.clone()));
+    }
     node.background
         .spawn(node.hub.clone().fill_gaps(node.background_stop.clone()));
     Ok(())
