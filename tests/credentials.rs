@@ -74,7 +74,7 @@ async fn a_client_token_never_grants_admin_rights() {
     )
     .await;
     assert_eq!(status, 201);
-    let status = reqwest::Client::new()
+    let status = harness::http::client()
         .get(node.http_url("/api/admin/stats"))
         .header("X-API-Key", ADMIN_KEY)
         .send()
@@ -287,7 +287,11 @@ async fn the_demo_is_local_and_its_page_locked_down() {
     .await;
     let expected = format!("\"addr\":\"127.0.0.1:{}\"", demo.port);
     assert!(listening.contains(&expected), "{listening}");
-    let page = reqwest::get(demo.http_url("/")).await.unwrap();
+    let page = harness::http::client()
+        .get(demo.http_url("/"))
+        .send()
+        .await
+        .unwrap();
     let header = |name: &str| {
         page.headers()
             .get(name)

@@ -403,6 +403,10 @@ fn configuration_errors_are_one_line_naming_the_variable() {
             ],
             "ADMIN_API_KEYS",
         ),
+        (
+            vec![("JWT_JWKS_URL", "file:///etc/jwks.json")],
+            "JWT_JWKS_URL",
+        ),
     ];
     for (env, var) in cases {
         let (status, _, stderr) = run_cli(&["serve"], &env);

@@ -5,9 +5,22 @@ use serde_json::Value;
 use crate::WAIT;
 use crate::tokens::admin_key;
 
-/// One request over a fresh client (a test's runtime ends with the test, so no pooled
-/// connection outlives it): returns status and body text. A refused connection or a timeout
-/// is an error.
+/// The one client of every test. Building a client loads the system's root certificates
+/// (tens of milliseconds), so it is built once. Without a connection pool: a test's runtime
+/// ends with the test, and no pooled connection may outlive it.
+pub fn client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(WAIT)
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("HTTP client")
+    })
+}
+
+/// One request: returns status and body text. A refused connection or a timeout is an error.
 pub async fn http(
     port: u16,
     method: &str,
@@ -15,12 +28,8 @@ pub async fn http(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, String), reqwest::Error> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .build()?;
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-    let mut request = client
+    let mut request = client()
         .request(method, format!("http://127.0.0.1:{port}{path}"))
         .header("content-type", "application/json");
     if let Some(token) = bearer {
