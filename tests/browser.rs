@@ -365,3 +365,59 @@ async fn client_refreshes_its_token_in_band_before_it_expires() {
         )
         .await;
 }
+
+/// A revoked connection is an authentication failure to the browser client: without
+/// `getToken` the page goes offline and stays so; with it, the client asks for one new token
+/// and reconnects once, with no tight loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_asks_for_a_new_token_or_stays_offline() {
+    let gateway = Gateway::start(GatewayOptions::memory()).await;
+    let browser = Browser::start().await;
+    open_page(&browser, &gateway.http_url(""), "acme").await;
+    let fresh = tenant_token("acme");
+    browser
+        .eval(&format!(
+            "window.freshToken = '{fresh}'; window.calls = 0; \
+             import('/client.js').then((m) => {{ window.c2 = m.connect({{ fetchLicense: false, \
+               getToken: () => {{ window.calls += 1; return window.freshToken; }} }}); }});"
+        ))
+        .await;
+    browser
+        .wait_for("window.c2 && window.c2.state === 'open'", WAIT)
+        .await;
+    let (status, _) = http(
+        gateway.port,
+        "POST",
+        "/api/admin/tenants/acme/disconnect",
+        Some(&admin_key()),
+        Some("{}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    browser
+        .wait_for(
+            "window.licenseClient.state === 'offline' && window.licenseClient.lastClose.reason === 'revoked'",
+            WAIT,
+        )
+        .await;
+    browser
+        .wait_for("window.calls === 2 && window.c2.state === 'open'", WAIT)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        browser.eval("return window.licenseClient.state;").await,
+        "offline"
+    );
+    assert_eq!(
+        browser.eval("return window.calls;").await,
+        2,
+        "one new token, no loop"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('state').dataset.state;")
+            .await,
+        "offline"
+    );
+}
