@@ -120,12 +120,12 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         if args.auth.jwt_secret.is_none() && args.auth.jwt_public_key.is_none() {
             args.auth.jwt_secret = Some(random_string(40));
         }
-        if args.admin_api_keys.is_none() {
-            args.admin_api_keys = Some(random_string(40));
+        if args.admin.admin_api_keys.is_none() {
+            args.admin.admin_api_keys = Some(random_string(40));
         }
     }
     let verifier = Verifier::from_args(&args.auth)?;
-    let admin_keys = AdminKeys::parse(args.admin_api_keys.as_deref())?;
+    let admin_keys = AdminKeys::parse(args.admin.admin_api_keys.as_deref())?;
     let (drain_delay, drain_window) = args.drain()?;
     let settings = Settings {
         node_id,
@@ -176,8 +176,7 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
     );
     if args.demo {
         seed_demo(&state).await?;
-        let admin_key = args.admin_api_keys.as_deref().unwrap_or_default();
-        let admin_key = admin_key.split(',').next().unwrap_or_default().trim();
+        let admin_key = args.admin.first().unwrap_or_default();
         print_demo_banner(&args.auth, admin_key, listener.local_addr().ok());
     }
     app::run(listener, state, shutdown).await?;

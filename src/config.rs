@@ -202,6 +202,31 @@ impl AuthArgs {
     }
 }
 
+/// Admin keys (`serve` checks them; `loadtest --via api` presents the first).
+#[derive(Debug, Clone, Args)]
+pub struct AdminKeyArgs {
+    /// Admin keys for the admin routes, comma list (several valid at once, for rotation), each
+    /// at least 32 characters. Unset: admin routes answer 401. `--demo` generates one.
+    #[arg(
+        long,
+        env = "ADMIN_API_KEYS",
+        value_name = "ADMIN_API_KEYS",
+        hide_env_values = true
+    )]
+    pub admin_api_keys: Option<String>,
+}
+
+impl AdminKeyArgs {
+    /// The first key of the list, the one a client of the admin API presents.
+    pub fn first(&self) -> Option<&str> {
+        self.admin_api_keys
+            .as_deref()
+            .and_then(|keys| keys.split(',').next())
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+    }
+}
+
 /// `serve`: the gateway node.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -220,15 +245,9 @@ pub struct ServeArgs {
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Admin keys for the admin routes, comma list (several valid at once, for rotation), each
-    /// at least 32 characters. Unset: admin routes answer 401. `--demo` generates one.
-    #[arg(
-        long,
-        env = "ADMIN_API_KEYS",
-        value_name = "ADMIN_API_KEYS",
-        hide_env_values = true
-    )]
-    pub admin_api_keys: Option<String>,
+    /// Admin keys of the admin routes.
+    #[command(flatten)]
+    pub admin: AdminKeyArgs,
     /// Notice thresholds (embedded validator and API changes).
     #[command(flatten)]
     pub rules: RulesArgs,

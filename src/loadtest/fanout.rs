@@ -100,14 +100,9 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
                 .build()
                 .map_err(|e| LoadtestError::Publish(e.to_string()))?,
             target: common.target,
-            admin_key: args
-                .admin_api_keys
-                .as_deref()
-                .and_then(|keys| keys.split(',').next())
-                .map(|key| key.trim().to_owned())
-                .ok_or_else(|| {
-                    crate::config::ConfigError::new("ADMIN_API_KEYS", "required for --via api")
-                })?,
+            admin_key: args.admin.first().map(str::to_owned).ok_or_else(|| {
+                crate::config::ConfigError::new("ADMIN_API_KEYS", "required for --via api")
+            })?,
         }),
     });
 

@@ -128,14 +128,9 @@ pub struct FanoutArgs {
     /// Publish path; default: redis when REDIS_URL is set, else the admin API.
     #[arg(long)]
     pub via: Option<PublishVia>,
-    /// Admin key for `--via api` (the first of the comma list).
-    #[arg(
-        long,
-        env = "ADMIN_API_KEYS",
-        value_name = "ADMIN_API_KEYS",
-        hide_env_values = true
-    )]
-    pub admin_api_keys: Option<String>,
+    /// Admin key for `--via api` (the first of the list).
+    #[command(flatten)]
+    pub admin: crate::config::AdminKeyArgs,
     /// Publishes in flight at once.
     #[arg(long, default_value_t = 64)]
     pub publish_concurrency: usize,

@@ -13,6 +13,8 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::Value;
 
+use crate::server::BackgroundServer;
+
 /// How the endpoint answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JwksMode {
@@ -96,54 +98,35 @@ type Shared = Arc<Mutex<(JwksMode, JwkSet)>>;
 pub struct JwksServer {
     pub port: u16,
     state: Shared,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: BackgroundServer,
 }
 
 impl JwksServer {
     /// Serves an empty key set until told otherwise.
     pub fn start(mode: JwksMode) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
         let state: Shared = Arc::new(Mutex::new((mode, JwkSet { keys: Vec::new() })));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = state.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let app = axum::Router::new().fallback(move || {
-                    let served = served.clone();
-                    async move {
-                        let (mode, set) = served.lock().unwrap().clone();
-                        let body = serde_json::to_string(&set).unwrap();
-                        match mode {
-                            JwksMode::Serve => body.into_response(),
-                            JwksMode::Down => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-                            JwksMode::Slow => {
-                                tokio::time::sleep(Duration::from_secs(10)).await;
-                                body.into_response()
-                            }
-                            JwksMode::Garbage => "<html>not a key set</html>".into_response(),
-                        }
+        let app = axum::Router::new().fallback(move || {
+            let served = served.clone();
+            async move {
+                let (mode, set) = served.lock().unwrap().clone();
+                let body = serde_json::to_string(&set).unwrap();
+                match mode {
+                    JwksMode::Serve => body.into_response(),
+                    JwksMode::Down => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    JwksMode::Slow => {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        body.into_response()
                     }
-                });
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
+                    JwksMode::Garbage => "<html>not a key set</html>".into_response(),
+                }
+            }
         });
+        let server = BackgroundServer::start(app);
         Self {
-            port,
+            port: server.port,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -167,10 +150,7 @@ impl JwksServer {
 
 impl Drop for JwksServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // A slow answer may still be sleeping: do not wait for the thread.
-        drop(self.thread.take());
+        // A slow answer may still be sleeping: do not wait for the server thread.
+        self.server.stop(false);
     }
 }

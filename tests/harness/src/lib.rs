@@ -16,6 +16,7 @@ pub mod nginx;
 pub mod otlp;
 pub mod process;
 pub mod redis;
+pub mod server;
 pub mod tokens;
 pub mod ws;
 
