@@ -44,6 +44,9 @@ pub enum CommandError {
     /// Exit 1: the load test could not run.
     #[error(transparent)]
     Loadtest(#[from] crate::loadtest::LoadtestError),
+    /// Exit 1: the bound listener could not be served.
+    #[error("cannot serve: {0}")]
+    Listen(std::io::Error),
     /// Exit 1: the listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -147,13 +150,9 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         .then_some(Duration::from_secs(args.worker_interval_secs));
     let history = HistoryConfig::from_args(&args.history);
     let rules = args.rules.rules()?;
-    let engines = match &args.redis.redis_url {
-        Some(url) => {
-            redis::url::check(url)?;
-            Engines::of("redis", connect_redis(url, history, &shutdown).await?)
-        }
-        None => Engines::of("memory", MemoryEngine::new(history)),
-    };
+    if let Some(url) = &args.redis.redis_url {
+        redis::url::check(url)?;
+    }
 
     // The demo listens on loopback unless HOST says otherwise; a node on every interface.
     let default_host = if args.demo {
@@ -163,6 +162,18 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
     };
     let addr = std::net::SocketAddr::new(args.host.unwrap_or(default_host.into()), args.port);
     let listener = bind(addr).await?;
+    let (engines, listener) = match &args.redis.redis_url {
+        Some(url) => {
+            // Alive (healthz) and honest (readyz 503) while Redis cannot be reached yet.
+            let listener = listener.into_std().map_err(CommandError::Listen)?;
+            let starting = app::Starting::serve(&listener).map_err(CommandError::Listen)?;
+            let connected = connect_redis(url, history, &shutdown).await;
+            starting.stop().await;
+            let listener = TcpListener::from_std(listener).map_err(CommandError::Listen)?;
+            (Engines::of("redis", connected?), listener)
+        }
+        None => (Engines::of("memory", MemoryEngine::new(history)), listener),
+    };
     if admin_keys.is_empty() {
         tracing::warn!("ADMIN_API_KEYS is not set: admin routes answer 401 to everyone");
     }
@@ -316,16 +327,29 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
     } else {
         ConnectMode::Service
     };
-    let engine = if args.once {
-        RedisEngine::connect(url, history, mode).await?
-    } else {
-        connect_redis(url, history, &shutdown).await?
-    };
-    let validator = Arc::new(crate::worker::Validator::new(Arc::new(engine), rules));
+    // Metrics and healthz first: the worker is alive while Redis cannot be reached yet.
     let metrics_server = match args.metrics_addr {
         Some(addr) => Some(serve_metrics(addr, shutdown.clone()).await?),
         None => None,
     };
+    let engine = if args.once {
+        RedisEngine::connect(url, history, mode)
+            .await
+            .map_err(CommandError::from)
+    } else {
+        connect_redis(url, history, &shutdown).await
+    };
+    let engine = match engine {
+        Ok(engine) => engine,
+        Err(error) => {
+            shutdown.cancel();
+            if let Some(server) = metrics_server {
+                let _ = server.await;
+            }
+            return Err(error);
+        }
+    };
+    let validator = Arc::new(crate::worker::Validator::new(Arc::new(engine), rules));
     let result = run_validator(args, validator, shutdown.clone()).await;
     // A `--once` run ends its metrics listener with it.
     shutdown.cancel();

@@ -14,7 +14,7 @@ use crate::engine::{
     Applied, Change, DocWrite, EngineError, Expect, FieldSwap, LicenseStore, Published,
     TenantRecord,
 };
-use crate::license::document::{License, Usage};
+use crate::license::document::{License, MAX_METRICS, Usage};
 use crate::license::rules::{self, Notice, Plan, Rules};
 use crate::protocol::{EventDraft, now_ms, rfc3339_millis, unix_ms};
 
@@ -37,6 +37,9 @@ pub enum ValidatorError {
         /// Why.
         message: String,
     },
+    /// The tenant would have more usage metrics than allowed.
+    #[error("at most {0} usage metrics per tenant")]
+    TooManyMetrics(usize),
     /// Too many concurrent changes of one tenant.
     #[error("gave up on {0} after repeated concurrent changes")]
     Contended(String),
@@ -211,18 +214,32 @@ impl Validator {
         Err(ValidatorError::Contended(tenant.to_owned()))
     }
 
-    /// Merges usage counters and publishes the threshold notices now owed.
+    /// Merges usage counters and publishes the threshold notices now owed. The merge is
+    /// refused when the tenant would have more than [`MAX_METRICS`] metrics. Once it is stored,
+    /// the call succeeds: a notice evaluation that fails then follows on the next pass (an
+    /// error here would claim that nothing changed).
     pub async fn put_usage(
         &self,
         tenant: &str,
         usage: &Usage,
     ) -> Result<Vec<Published>, ValidatorError> {
+        let stored = self.store.load(tenant).await?.usage;
+        let new = usage.keys().filter(|m| !stored.contains_key(*m)).count();
+        if stored.len() + new > MAX_METRICS {
+            return Err(ValidatorError::TooManyMetrics(MAX_METRICS));
+        }
         let values: Vec<(String, String)> = usage
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
         self.store.merge_usage(tenant, &values).await?;
-        self.check_tenant(tenant).await
+        match self.check_tenant(tenant).await {
+            Ok(published) => Ok(published),
+            Err(error) => {
+                tracing::warn!(tenant, %error, "usage stored; its notices follow on the next pass");
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// One pass over every licensed tenant; errors of one tenant do not stop the pass.

@@ -513,7 +513,7 @@ async fn publish_api_checks_tokens_and_bodies(backend: Backend) {
     let admin = admin_key();
     let cases = [
         (r#"{"type":"nope"}"#, "unknown_event_type", Some("type")),
-        (r#"{"data":{}}"#, "invalid_body", None),
+        (r#"{"data":{}}"#, "missing_field", Some("type")),
         ("not json", "invalid_body", None),
         (
             r#"{"type":"module_activated","data":[1]}"#,

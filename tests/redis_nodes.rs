@@ -526,3 +526,41 @@ async fn public_key_tokens_rs256_and_es256_with_issuer_and_audience() {
         }
     }
 }
+
+/// Regression: a node started while Redis was down answered nothing, not even `/healthz`, until
+/// Redis came back (so a liveness probe restarted it in a loop). Now it is alive from its first
+/// second, not ready until Redis answers, then serves normally; the worker's `/healthz` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_alive_from_its_first_second_whatever_redis_does() {
+    let mut redis = Redis::start();
+    redis.stop();
+    let node = Gateway::spawn(GatewayOptions::redis(&redis));
+    let metrics_port = free_port();
+    let _worker = Gateway::worker_on(
+        GatewayOptions::redis(&redis).env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+        &["--interval", "60"],
+    );
+    let (status, _) = eventually(WAIT, "healthz while Redis is down", || async {
+        http(node.port, "GET", "/healthz", None, None).await.ok()
+    })
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = http(node.port, "GET", "/readyz", None, None).await.unwrap();
+    assert_eq!((status, body.contains("starting")), (503, true), "{body}");
+    let (status, _) = eventually(WAIT, "the worker's healthz while Redis is down", || async {
+        http(metrics_port, "GET", "/healthz", None, None).await.ok()
+    })
+    .await;
+    assert_eq!(status, 200);
+    redis.restart();
+    node.wait_ready().await;
+    let (mut client, _) = WsClient::connected(&node.ws_url(), &tenant_token("acme")).await;
+    let sent = publish(
+        node.port,
+        "acme",
+        "module_activated",
+        json!({"module": "m"}),
+    )
+    .await;
+    assert_eq!(client.next_json().await["id"], sent["id"]);
+}

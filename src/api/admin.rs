@@ -22,8 +22,8 @@ use crate::protocol::{EventDraft, EventType};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
-    #[serde(rename = "type")]
-    event_type: String,
+    #[serde(rename = "type", default)]
+    event_type: Option<String>,
     #[serde(default)]
     data: Option<Value>,
 }
@@ -45,8 +45,11 @@ pub fn tenant_from_path(tenant: &str) -> Result<(), ApiError> {
 pub fn parse_publish(tenant: &str, body: &[u8]) -> Result<EventDraft, ApiError> {
     let body: PublishBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))?;
+    let event_type = body
+        .event_type
+        .ok_or_else(|| ApiError::field("missing_field", "type", "required"))?;
     let event_type: EventType =
-        body.event_type
+        event_type
             .parse()
             .map_err(|e: crate::protocol::UnknownEventType| {
                 ApiError::field("unknown_event_type", "type", e.to_string())

@@ -29,6 +29,11 @@ impl From<ValidatorError> for ApiError {
     fn from(e: ValidatorError) -> Self {
         match e {
             ValidatorError::Engine(e) => ApiError::Unavailable(e),
+            ValidatorError::TooManyMetrics(max) => ApiError::field(
+                "too_many_metrics",
+                "body",
+                format!("at most {max} usage metrics per tenant"),
+            ),
             other => ApiError::Unavailable(crate::engine::EngineError::Protocol(other.to_string())),
         }
     }
@@ -135,8 +140,15 @@ pub async fn put_usage(
     tenant_from_path(&tenant)?;
     let usage = parse_usage(&json_body(body)?)?;
     let published = validator.put_usage(&tenant, &usage).await?;
-    let record = validator.store().load(&tenant).await?;
+    // The usage is stored: a failed read now must not turn that into an error.
+    let stored = match validator.store().load(&tenant).await {
+        Ok(record) => json!(stored_usage(&record.usage)),
+        Err(error) => {
+            tracing::warn!(%tenant, %error, "usage stored but not read back");
+            Value::Null
+        }
+    };
     Ok(Json(
-        json!({"tenantId": tenant, "usage": stored_usage(&record.usage), "events": ids(&published)}),
+        json!({"tenantId": tenant, "usage": stored, "events": ids(&published)}),
     ))
 }

@@ -90,6 +90,49 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// While a node connects its engine: `/healthz` 200 (the process runs), `/readyz` 503
+/// `starting`, `/metrics`, on a clone of the node's listener, so the node is alive from its
+/// first second whatever state Redis is in. [`Starting::stop`] hands the port to the node.
+pub struct Starting {
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Starting {
+    /// Serves the start-up routes on a clone of `listener` (the original stays with the
+    /// caller for the node).
+    pub fn serve(listener: &std::net::TcpListener) -> std::io::Result<Self> {
+        let clone = TcpListener::from_std(listener.try_clone()?)?;
+        let stop = CancellationToken::new();
+        let app = crate::api::probe_routes::<()>().route(
+            "/readyz",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({ "status": "starting" })),
+                )
+            }),
+        );
+        let server = tokio::spawn(
+            axum::serve(clone, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let server = tokio::spawn(async move {
+            if let Ok(Err(error)) = server.await {
+                tracing::warn!(%error, "start-up listener failed");
+            }
+        });
+        Ok(Self { stop, server })
+    }
+
+    /// Stops accepting on the clone; requests in flight finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+    }
+}
+
 /// Failure to run a node.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

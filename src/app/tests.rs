@@ -283,3 +283,54 @@ async fn readiness_and_stats_follow_the_node() {
         (StatusCode::SERVICE_UNAVAILABLE, json!("draining"))
     );
 }
+
+/// Regressions: a date whose UTC instant lies before 1970 used to be stored as an empty string
+/// while the API answered 503 "nothing was changed"; a body without `type` named no field; a
+/// tenant's usage metrics grew without bound as PUTs merged.
+#[tokio::test]
+async fn out_of_range_input_is_refused_naming_the_field_and_changes_nothing() {
+    let state = state();
+    let admin = admin();
+    let put = "/api/admin/tenants/acme/license";
+    for date in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"] {
+        let (status, body) = call(&state, "PUT", put, Some(&admin), Some(license(date))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{date}: {body}");
+        assert_eq!(body["error"]["field"], "expiresAt");
+    }
+    let (status, _) = call(&state, "GET", "/api/license", Some(&tenant("acme")), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+
+    let events = "/api/admin/tenants/acme/events";
+    let (status, body) = call(
+        &state,
+        "POST",
+        events,
+        Some(&admin),
+        Some(json!({"data": {}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("type"))
+    );
+
+    let usage = "/api/admin/tenants/acme/usage";
+    let metrics = |from: usize, to: usize| -> Value {
+        Value::Object((from..to).map(|i| (format!("m{i}"), json!(i))).collect())
+    };
+    assert_eq!(
+        call(&state, "PUT", usage, Some(&admin), Some(metrics(0, 60)))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = call(&state, "PUT", usage, Some(&admin), Some(metrics(50, 110))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_metrics");
+    assert_eq!(
+        call(&state, "PUT", usage, Some(&admin), Some(metrics(40, 100)))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}

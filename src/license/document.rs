@@ -124,10 +124,24 @@ fn date(field: &str, value: &Value) -> Result<OffsetDateTime, FieldError> {
             format!("must be an RFC 3339 date string, not {}", kind(value)),
         )
     })?;
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(|t| t.to_offset(time::UtcOffset::UTC))
-        .map_err(|e| FieldError::new(field, format!("not an RFC 3339 date ({e}): {text:?}")))
+    let parsed = OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| FieldError::new(field, format!("not an RFC 3339 date ({e}): {text:?}")))?;
+    // Checked before converting to UTC: the conversion itself fails (panics) when the instant
+    // leaves the year range, and dates before 1970 cannot be formatted back the same way.
+    if !(0..=MAX_UNIX_SECS).contains(&parsed.unix_timestamp()) {
+        return Err(FieldError::new(
+            field,
+            format!("must lie between 1970 and 9999 in UTC: {text:?}"),
+        ));
+    }
+    Ok(parsed.to_offset(time::UtcOffset::UTC))
 }
+
+/// 9999-12-31T23:59:59Z, the last accepted instant.
+const MAX_UNIX_SECS: i64 = 253_402_300_799;
+
+/// Most usage metrics a tenant may have.
+pub const MAX_METRICS: usize = 100;
 
 /// A non-negative, finite JSON number.
 pub fn quantity(field: &str, value: &Value) -> Result<Number, FieldError> {
@@ -249,6 +263,12 @@ pub fn parse_usage(body: &Value) -> Result<Usage, FieldError> {
     if map.is_empty() {
         return Err(FieldError::new("body", "no metrics given"));
     }
+    if map.len() > MAX_METRICS {
+        return Err(FieldError::new(
+            "body",
+            format!("at most {MAX_METRICS} usage metrics per tenant"),
+        ));
+    }
     let mut usage = Usage::new();
     for (metric, value) in map {
         check_name(metric, metric)?;
@@ -274,6 +294,48 @@ mod tests {
                         "payroll": {"enabled": false}},
             "limits": {"users": 100, "storage_gb": 50.5}
         })
+    }
+
+    /// Regression: `9999-12-31T23:59:59-01:00` lies in year 10000 in UTC and used to panic;
+    /// `0000-01-01T00:00:00+01:00` was stored as an empty string.
+    #[test]
+    fn dates_outside_1970_to_9999_in_utc_are_refused_naming_the_field() {
+        for bad in [
+            "9999-12-31T23:59:59-01:00",
+            "0000-01-01T00:00:00+01:00",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let mut doc = good();
+            doc["expiresAt"] = json!(bad);
+            let error = License::parse("acme", &doc).unwrap_err();
+            assert_eq!(error.field, "expiresAt", "{bad}");
+            doc["expiresAt"] = json!("2027-01-01T00:00:00Z");
+            doc["modules"]["analytics"]["expiresAt"] = json!(bad);
+            let error = License::parse("acme", &doc).unwrap_err();
+            assert_eq!(error.field, "modules.analytics.expiresAt", "{bad}");
+        }
+        for edge in [
+            "1970-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "9999-12-31T23:59:59+01:00",
+        ] {
+            let mut doc = good();
+            doc["expiresAt"] = json!(edge);
+            let license = License::parse("acme", &doc).unwrap();
+            assert!(!license.to_json().contains("\"expiresAt\":\"\""), "{edge}");
+        }
+    }
+
+    #[test]
+    fn more_than_100_metrics_are_refused() {
+        let many: Map<String, Value> = (0..=MAX_METRICS)
+            .map(|i| (format!("m{i}"), json!(1)))
+            .collect();
+        assert_eq!(parse_usage(&Value::Object(many)).unwrap_err().field, "body");
+        let enough: Map<String, Value> = (0..MAX_METRICS)
+            .map(|i| (format!("m{i}"), json!(1)))
+            .collect();
+        assert!(parse_usage(&Value::Object(enough)).is_ok());
     }
 
     #[test]
