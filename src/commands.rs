@@ -18,6 +18,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{self, ConnectMode, RedisEngine};
 use crate::engine::{EngineError, Engines, HistoryConfig};
 use crate::gateway::Settings;
+use crate::gateway::rate::Rate;
 use crate::protocol::{EventDraft, EventType};
 
 /// A failed command, with the exit code it maps to.
@@ -141,6 +142,8 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         drain_delay,
         drain_window,
+        header_timeout: Duration::from_secs(args.http_header_timeout_secs),
+        client_rate: Rate::new(args.client_msg_rate()?, args.client_msg_burst),
     };
     // On Redis the `worker` command validates; the embedded engine does it in-process.
     let embedded_validator = args

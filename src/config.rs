@@ -256,6 +256,24 @@ pub struct ServeArgs {
     #[arg(long = "worker-interval", env = "WORKER_INTERVAL_SECS", value_name = "WORKER_INTERVAL_SECS",
           default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub worker_interval_secs: u64,
+    /// Seconds a connection has to send complete request headers, for its first request and
+    /// between later ones (slowloris, idle keep-alive). Default 10.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", value_name = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout_secs: u64,
+    /// Client frames per second per connection (token bucket); beyond it the connection closes
+    /// with 1008 `rate limited`. 0 = no limit. Default 10.
+    #[arg(
+        long,
+        env = "CLIENT_MSG_RATE",
+        value_name = "CLIENT_MSG_RATE",
+        default_value_t = 10.0
+    )]
+    pub client_msg_rate: f64,
+    /// Client frames a connection may send at once before the rate applies. Default 20.
+    #[arg(long, env = "CLIENT_MSG_BURST", value_name = "CLIENT_MSG_BURST", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub client_msg_burst: u32,
     /// Comma list of allowed `Origin`s; unset = any. Requests without `Origin` are allowed.
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
@@ -343,6 +361,18 @@ impl ServeArgs {
         let window = Duration::try_from_secs_f64(self.drain_window_secs)
             .map_err(|e| ConfigError::new("DRAIN_WINDOW_SECS", e.to_string()))?;
         Ok((delay, window))
+    }
+
+    /// The client frame rate per second, checked.
+    pub fn client_msg_rate(&self) -> Result<f64, ConfigError> {
+        if self.client_msg_rate.is_finite() && self.client_msg_rate >= 0.0 {
+            Ok(self.client_msg_rate)
+        } else {
+            Err(ConfigError::new(
+                "CLIENT_MSG_RATE",
+                "must be 0 or a positive number",
+            ))
+        }
     }
 
     /// The unsubscribe delay as a duration.

@@ -133,6 +133,58 @@ impl Starting {
     }
 }
 
+/// Accepts HTTP/1 connections until `stop`, then asks each to finish its request and close.
+/// Each connection gets `header_timeout` to send complete request headers, for its first
+/// request and every later one it keeps the connection open for: a slowloris or an idle
+/// keep-alive connection is closed instead of holding a socket forever (`axum::serve` gives
+/// hyper no timer, so no such timeout applied). Upgraded WebSockets leave this loop's care.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(error) = served {
+                        tracing::trace!(%error, "connection ended");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
 /// Failure to run a node.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -167,17 +219,19 @@ pub async fn run(
         Err(error) => tracing::warn!(%error, "gateway listening on an unknown address"),
     }
     let stop_accepting = CancellationToken::new();
-    let server = tokio::spawn(
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-            .into_future(),
-    );
+    let header_timeout = node.settings.header_timeout;
+    let server = tokio::spawn(serve_http(
+        listener,
+        app(state),
+        header_timeout,
+        stop_accepting.clone(),
+    ));
 
     shutdown.cancelled().await;
     lifecycle::drain(&node, || stop_accepting.cancel()).await;
     lifecycle::stop(&node).await;
     match tokio::time::timeout(Duration::from_secs(2), server).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(())) => {}
         Ok(Err(join)) => tracing::warn!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("HTTP connections still open at exit"),
     }

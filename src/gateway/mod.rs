@@ -6,11 +6,13 @@
 //! - [`hub`]: tenant → sessions, subscriptions; [`recovery`]: ordering, dedup and gap fill of
 //!   a tenant's stream; [`outbox`]: a session's bounded queue.
 //! - [`lifecycle`]: the node's background tasks, and the drain at shutdown.
+//! - [`rate`]: the per-connection token bucket for client frames.
 
 pub mod hub;
 pub mod lifecycle;
 pub mod node;
 pub mod outbox;
+pub mod rate;
 pub mod recovery;
 pub mod session;
 pub mod upgrade;
@@ -42,6 +44,10 @@ pub struct Settings {
     pub drain_delay: Duration,
     /// On SIGTERM: the window over which sessions are closed, spread evenly.
     pub drain_window: Duration,
+    /// Time a connection has to send complete request headers (also between requests).
+    pub header_timeout: Duration,
+    /// Client frames allowed per connection.
+    pub client_rate: rate::Rate,
 }
 
 #[cfg(test)]
@@ -59,6 +65,8 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(1),
             drain_delay: Duration::ZERO,
             drain_window: Duration::ZERO,
+            header_timeout: Duration::from_secs(10),
+            client_rate: rate::Rate::new(10.0, 20),
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::hub::Membership;
 use super::node::{ConnectionGuard, Node};
 use super::outbox::Next;
+use super::rate::TokenBucket;
 use super::recovery::resync_reason;
 use crate::auth::{AuthError, Claims};
 use crate::engine::{History, Position};
@@ -242,6 +243,8 @@ impl<W: Socket> Session<'_, W> {
 
             let ping_every = self.node.settings.ping_interval;
             let mut last_heard = Instant::now();
+            let rate = self.node.settings.client_rate;
+            let mut bucket = TokenBucket::new(rate, last_heard);
             let mut next_ping = last_heard + ping_every;
             let mut expiry = self.expiry_deadline();
             let timer = tokio::time::sleep_until(next_ping.min(expiry));
@@ -268,6 +271,12 @@ impl<W: Socket> Session<'_, W> {
                     },
                     frame = self.socket.next() => {
                         last_heard = Instant::now();
+                        // Every frame counts, pings included: each costs the node work.
+                        if matches!(frame, Some(Ok(ref m)) if !matches!(m, Message::Close(_)))
+                            && !bucket.take(rate, last_heard)
+                        {
+                            return Some(CloseReason::RateLimited);
+                        }
                         match frame {
                             None | Some(Ok(Message::Close(_))) => return None,
                             Some(Err(error)) => return frame_error(error),

@@ -38,13 +38,19 @@ pub enum CloseReason {
     SlowConsumer,
     /// An admin revoked the connection's tenant or user.
     Revoked,
+    /// The client sent frames faster than its rate allows.
+    RateLimited,
 }
 
 impl CloseReason {
     /// WebSocket close code (RFC 6455 §7.4).
     pub fn code(self) -> u16 {
         match self {
-            Self::MissingToken | Self::InvalidToken | Self::TokenExpired | Self::Revoked => 1008,
+            Self::MissingToken
+            | Self::InvalidToken
+            | Self::TokenExpired
+            | Self::Revoked
+            | Self::RateLimited => 1008,
             Self::MessageTooBig => 1009,
             Self::GoingAway => 1001,
             Self::TryAgainLater | Self::SlowConsumer => 1013,
@@ -62,6 +68,7 @@ impl CloseReason {
             Self::TryAgainLater => "try again later",
             Self::SlowConsumer => "slow consumer",
             Self::Revoked => "revoked",
+            Self::RateLimited => "rate limited",
         }
     }
 
@@ -76,6 +83,7 @@ impl CloseReason {
             Self::TryAgainLater => "try_again_later",
             Self::SlowConsumer => "slow_consumer",
             Self::Revoked => "revoked",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

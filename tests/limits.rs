@@ -1,0 +1,118 @@
+//! Limits that hold under abuse, against real gateway processes.
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Whether the server has closed `stream` (EOF or reset) within `within`; any bytes it sends
+/// first (a response) are read past.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A slowloris of 300 sockets — silent, sending headers by halves, idling after a request — is
+/// closed within the header timeout, while a normal client connects and gets its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_is_closed_within_the_header_timeout() {
+    let node = Gateway::start(GatewayOptions::memory().env("HTTP_HEADER_TIMEOUT_SECS", "2")).await;
+    let mut sockets = Vec::new();
+    for i in 0..300 {
+        let mut stream = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+        match i % 3 {
+            0 => {}
+            1 => {
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                let request = b"GET /healthz HTTP/1.1\r\nHost: idle\r\n\r\n";
+                stream.write_all(request).await.unwrap();
+            }
+        }
+        sockets.push(stream);
+    }
+    let started = Instant::now();
+    let (mut client, _) = WsClient::connected(&node.ws_url(), &tenant_token("acme")).await;
+    let sent = publish(
+        node.port,
+        "acme",
+        "module_activated",
+        json!({"module": "m"}),
+    )
+    .await;
+    assert_eq!(client.next_json().await["id"], sent["id"]);
+    let mut open = 0;
+    for stream in &mut sockets {
+        let left = Duration::from_secs(4).saturating_sub(started.elapsed());
+        if !closed_within(stream, left).await {
+            open += 1;
+        }
+    }
+    println!(
+        "slowloris: {open} of 300 sockets still open after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        open, 0,
+        "every slow or idle socket closed within the header timeout (+2 s)"
+    );
+    // The upgraded WebSocket is not subject to it: it still gets events.
+    let sent = publish(
+        node.port,
+        "acme",
+        "module_activated",
+        json!({"module": "n"}),
+    )
+    .await;
+    assert_eq!(client.next_json().await["id"], sent["id"]);
+}
+
+/// A client that sends faster than `CLIENT_MSG_RATE` (after a `CLIENT_MSG_BURST`) is closed with
+/// 1008 `rate limited`; one within its rate is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_their_message_rate_are_closed() {
+    let node = Gateway::start(
+        GatewayOptions::memory()
+            .env("CLIENT_MSG_RATE", "5")
+            .env("CLIENT_MSG_BURST", "10"),
+    )
+    .await;
+    let (mut flood, _) = WsClient::connected(&node.ws_url(), &tenant_token("acme")).await;
+    let (mut polite, _) = WsClient::connected(&node.ws_url(), &tenant_token("acme")).await;
+    for _ in 0..30 {
+        flood.send_text(r#"{"type":"ping"}"#).await;
+    }
+    let mut pongs = 0;
+    let close = loop {
+        match flood.read(WAIT).await {
+            Some(Read::Text(text)) if text.contains("pong") => pongs += 1,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(close, Some(Read::Close(Some((1008, ref r)))) if r == "rate limited"),
+        "{close:?}"
+    );
+    assert!(
+        (10..=12).contains(&pongs),
+        "the burst was answered: {pongs}"
+    );
+    for _ in 0..12 {
+        polite.send_text(r#"{"type":"ping"}"#).await;
+        assert!(polite.next_text().await.contains("pong"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
