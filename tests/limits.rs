@@ -116,3 +116,25 @@ async fn clients_over_their_message_rate_are_closed() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Regression: refused upgrades that never answered their close frame held slots against
+/// `MAX_CONNECTIONS` for up to 2 s and locked valid clients out. A refused connection never
+/// counts now (and the node waits at most 1 s in all for its close handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upgrades_never_count_toward_the_limit() {
+    let node = Gateway::start(GatewayOptions::memory().env("MAX_CONNECTIONS", "3")).await;
+    let url = node.ws_url();
+    // Twenty bad tokens whose clients never read, so never answer the close.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(ws_connect(&url, Some("garbage"), Carrier::Subprotocol).await);
+    }
+    let mut valid = Vec::new();
+    for _ in 0..3 {
+        valid.push(WsClient::connected(&url, &tenant_token("acme")).await.0);
+    }
+    // The limit itself still holds for authenticated connections.
+    let mut fourth = ws_connect(&url, Some(&tenant_token("acme")), Carrier::Subprotocol).await;
+    fourth.expect_close(1013, "try again later").await;
+    drop((valid, silent));
+}

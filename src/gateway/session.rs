@@ -50,8 +50,9 @@ pub struct Handshake {
     /// Set when the node refuses the connection before authentication: at its connection
     /// limit (1013) or draining (1001).
     pub refuse: Option<CloseReason>,
-    /// Decrements the node's connection count when the session ends.
-    pub guard: ConnectionGuard,
+    /// Decrements the node's connection count when the session ends; `None` for a
+    /// connection that is refused (it never counts).
+    pub guard: Option<ConnectionGuard>,
     /// Resume position the client asked for (`lastEventId`), unparsed.
     pub last_event_id: Option<String>,
 }
@@ -85,7 +86,7 @@ struct Live<W> {
     expires_at: u64,
     /// Resume position the client asked for, unparsed.
     resume: Option<String>,
-    _guard: ConnectionGuard,
+    _guard: Option<ConnectionGuard>,
 }
 
 /// Refuses, authenticates and subscribes; `None` when the connection was closed instead.
@@ -525,9 +526,12 @@ pub async fn close<W: Socket>(socket: &mut W, reason: CloseReason) {
         code: reason.code(),
         reason: Utf8Bytes::from_static(reason.text()),
     };
-    let sent = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+    // One deadline for sending the frame and hearing the answer: a peer that never reads
+    // costs the node at most this long.
+    let deadline = Instant::now() + CLOSE_GRACE;
+    let sent = tokio::time::timeout_at(deadline, socket.send(Message::Close(Some(frame)))).await;
     if matches!(sent, Ok(Ok(()))) {
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        let _ = tokio::time::timeout_at(deadline, async {
             while let Some(Ok(_)) = socket.next().await {}
         })
         .await;

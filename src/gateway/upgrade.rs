@@ -76,18 +76,22 @@ async fn ws_handler(
     if !origin_allowed(&node, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let (open, guard) = node.admit();
-    let max = node.settings.max_connections;
-    let refuse = if node.is_draining() {
-        Some(CloseReason::GoingAway)
-    } else if max > 0 && open > max {
-        Some(CloseReason::TryAgainLater)
-    } else {
-        None
-    };
     let auth = match presented_token(&headers, &query) {
         Some(token) => node.verifier.verify_tenant(token).await,
         None => Err(AuthError::Missing),
+    };
+    // Only an authenticated connection within the limit is counted: a refused one never holds
+    // a slot, however slowly it answers its close frame.
+    let max = node.settings.max_connections;
+    let (refuse, guard) = if node.is_draining() {
+        (Some(CloseReason::GoingAway), None)
+    } else if auth.is_err() {
+        (None, None)
+    } else {
+        match node.admit() {
+            (open, _over) if max > 0 && open > max => (Some(CloseReason::TryAgainLater), None),
+            (_, guard) => (None, Some(guard)),
+        }
     };
     let last_event_id = protocol_entry(&headers, LAST_ID_PREFIX)
         .map(str::to_owned)
