@@ -18,6 +18,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{self, ConnectMode, RedisEngine};
 use crate::engine::{EngineError, Engines, HistoryConfig};
 use crate::gateway::Settings;
+use crate::gateway::client_ip::TrustedProxies;
 use crate::gateway::rate::Rate;
 use crate::protocol::{EventDraft, EventType};
 
@@ -144,6 +145,9 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         drain_window,
         header_timeout: Duration::from_secs(args.http_header_timeout_secs),
         client_rate: Rate::new(args.client_msg_rate()?, args.client_msg_burst),
+        max_connections_per_ip: args.max_connections_per_ip,
+        trusted_proxies: TrustedProxies::parse(args.trusted_proxies.as_deref().unwrap_or(""))
+            .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?,
     };
     // On Redis the `worker` command validates; the embedded engine does it in-process.
     let embedded_validator = args

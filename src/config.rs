@@ -274,6 +274,19 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIENT_MSG_BURST", value_name = "CLIENT_MSG_BURST", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub client_msg_burst: u32,
+    /// Connections per client address on this node; 0 = no limit. Beyond it new connections
+    /// close with 1013.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS_PER_IP",
+        value_name = "MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_connections_per_ip: usize,
+    /// Comma list of CIDR blocks of proxies whose `X-Forwarded-For` names the client (the first
+    /// untrusted hop from the right). Unset: the peer address is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Comma list of allowed `Origin`s; unset = any. Requests without `Origin` are allowed.
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,

@@ -138,3 +138,70 @@ async fn refused_upgrades_never_count_toward_the_limit() {
     fourth.expect_close(1013, "try again later").await;
     drop((valid, silent));
 }
+
+/// `MAX_CONNECTIONS_PER_IP` per client address: the peer's, or behind `TRUSTED_PROXIES` the
+/// rightmost untrusted `X-Forwarded-For` hop (what a client prepends cannot change it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_caps_hold_directly_and_behind_a_trusted_proxy() {
+    let direct = Gateway::start(GatewayOptions::memory().env("MAX_CONNECTIONS_PER_IP", "2")).await;
+    let token = tenant_token("acme");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(WsClient::connected(&direct.ws_url(), &token).await.0);
+    }
+    let mut third = ws_connect(&direct.ws_url(), Some(&token), Carrier::Subprotocol).await;
+    third.expect_close(1013, "try again later").await;
+    // Leaving frees the slot.
+    held.pop();
+    eventually(WAIT, "a freed slot", || async {
+        let mut again = ws_connect(&direct.ws_url(), Some(&token), Carrier::Subprotocol).await;
+        let connected =
+            matches!(again.read(WAIT).await, Some(Read::Text(t)) if t.contains("connected"));
+        connected.then_some(again)
+    })
+    .await;
+
+    let proxied = Gateway::start(
+        GatewayOptions::memory()
+            .env("MAX_CONNECTIONS_PER_IP", "2")
+            .env("TRUSTED_PROXIES", "127.0.0.0/8"),
+    )
+    .await;
+    let connect_as = |forwarded: &'static str| {
+        let url = proxied.ws_url();
+        let token = token.clone();
+        async move {
+            let mut client = try_ws_connect(
+                &url,
+                Some(&token),
+                Carrier::Subprotocol,
+                &[("X-Forwarded-For", forwarded)],
+            )
+            .await
+            .expect("upgrade");
+            match client.read(WAIT).await {
+                Some(Read::Text(t)) if t.contains("connected") => Ok(client),
+                other => Err(other),
+            }
+        }
+    };
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        kept.push(connect_as("203.0.113.7").await.expect("under the cap"));
+    }
+    let over = connect_as("203.0.113.7").await.err().flatten();
+    assert!(
+        matches!(over, Some(Read::Close(Some((1013, _))))),
+        "{over:?}"
+    );
+    let spoofed = connect_as("203.0.113.8, 203.0.113.7").await.err().flatten();
+    assert!(
+        matches!(spoofed, Some(Read::Close(Some((1013, _))))),
+        "{spoofed:?}"
+    );
+    kept.push(
+        connect_as("203.0.113.8")
+            .await
+            .expect("another client address"),
+    );
+}

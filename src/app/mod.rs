@@ -146,10 +146,10 @@ async fn serve_http(
 ) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of descriptors, most likely: back off instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -158,7 +158,16 @@ async fn serve_http(
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer rides along as axum's ConnectInfo (per-address limits); a Router clone is a
+        // reference count.
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { tower::Service::call(&mut app, request).await }
+        });
         let stop = stop.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -1,5 +1,6 @@
 //! The gateway node: WebSocket sessions and everything they share on one node.
 //!
+//! - [`client_ip`]: which address a connection counts for (`TRUSTED_PROXIES`).
 //! - [`node`]: the node's shared state ([`node::Node`]) and its connection accounting.
 //! - [`upgrade`]: the `/ws/license` upgrade — origin, limits, token carriers, resume position.
 //! - [`session`]: one WebSocket from `connected` to its close.
@@ -8,6 +9,7 @@
 //! - [`lifecycle`]: the node's background tasks, and the drain at shutdown.
 //! - [`rate`]: the per-connection token bucket for client frames.
 
+pub mod client_ip;
 pub mod hub;
 pub mod lifecycle;
 pub mod node;
@@ -48,6 +50,10 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Client frames allowed per connection.
     pub client_rate: rate::Rate,
+    /// Connections per client address; 0 = none.
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: client_ip::TrustedProxies,
 }
 
 #[cfg(test)]
@@ -67,6 +73,8 @@ impl Settings {
             drain_window: Duration::ZERO,
             header_timeout: Duration::from_secs(10),
             client_rate: rate::Rate::new(10.0, 20),
+            max_connections_per_ip: 0,
+            trusted_proxies: client_ip::TrustedProxies::default(),
         }
     }
 }

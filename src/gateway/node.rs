@@ -1,8 +1,10 @@
 //! The node's shared state: settings, token verifier, hub, the engine roles it uses, and the
 //! counters of open connections.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,8 +30,11 @@ pub struct Node {
     /// Start time, RFC 3339.
     pub started_at: String,
     draining: AtomicBool,
-    /// Open WebSocket connections, including ones being refused.
+    /// Authenticated WebSocket connections.
     connections: AtomicUsize,
+    /// Connections per client address, while `MAX_CONNECTIONS_PER_IP` is set; an entry goes
+    /// with its last connection. std Mutex: held for a lookup, never across an await.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     next_connection: AtomicU64,
     /// Session tasks, waited for at shutdown (axum does not track upgraded connections).
     pub(crate) sessions: TaskTracker,
@@ -65,6 +70,7 @@ impl Node {
             started_at: rfc3339_millis(time::OffsetDateTime::now_utc()),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             sessions: TaskTracker::new(),
             background,
@@ -77,11 +83,26 @@ impl Node {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Counts a new connection; returns the open count including it and the guard that
-    /// uncounts it when dropped.
-    pub fn admit(self: &Arc<Self>) -> (usize, ConnectionGuard) {
+    /// Admits a connection from `ip` when the node and that address are under their limits;
+    /// the guard uncounts it when dropped. `None`: a limit is reached (nothing is counted).
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<ConnectionGuard> {
         let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        (open, ConnectionGuard(self.clone()))
+        let mut guard = ConnectionGuard(self.clone(), None);
+        let max = self.settings.max_connections;
+        if max > 0 && open > max {
+            return None;
+        }
+        let per_ip = self.settings.max_connections_per_ip;
+        if let (Some(ip), true) = (ip, per_ip > 0) {
+            let mut counts = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.entry(ip).or_insert(0);
+            if *count >= per_ip {
+                return None;
+            }
+            *count += 1;
+            guard.1 = Some(ip);
+        }
+        Some(guard)
     }
 
     /// Whether the node is draining (readiness off, new connections refused).
@@ -108,11 +129,20 @@ impl Node {
     }
 }
 
-/// Counts a connection toward the node limit while it lives.
-pub struct ConnectionGuard(Arc<Node>);
+/// Counts a connection toward the node's limits (and its address's) while it lives.
+pub struct ConnectionGuard(Arc<Node>, Option<IpAddr>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.1 {
+            let mut counts = self.0.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = counts.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
     }
 }

@@ -150,7 +150,7 @@ impl Client {
         let handshake = Handshake {
             auth: node.verifier.verify_tenant(token).await,
             refuse: None,
-            guard: Some(node.admit().1),
+            guard: node.admit(None),
             last_event_id: last.map(str::to_owned),
         };
         let socket = ChannelSocket {

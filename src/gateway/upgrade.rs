@@ -1,6 +1,7 @@
 //! `GET /ws/license`: origin check, connection limit, the token (from one of three carriers),
 //! the resume position, then the upgrade into a session task of its own.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -23,6 +24,24 @@ where
     Arc<Node>: FromRef<S>,
 {
     Router::new().route("/ws/license", get(ws_handler))
+}
+
+/// The TCP peer of the request, as the node's accept loop recorded it (none in-process).
+struct PeerAddr(Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        Ok(Self(peer))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +88,7 @@ fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
 
 async fn ws_handler(
     State(node): State<Arc<Node>>,
+    PeerAddr(peer): PeerAddr,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -80,17 +100,17 @@ async fn ws_handler(
         Some(token) => node.verifier.verify_tenant(token).await,
         None => Err(AuthError::Missing),
     };
-    // Only an authenticated connection within the limit is counted: a refused one never holds
-    // a slot, however slowly it answers its close frame.
-    let max = node.settings.max_connections;
+    // Only an authenticated connection within the limits is counted: a refused one never
+    // holds a slot, however slowly it answers its close frame.
     let (refuse, guard) = if node.is_draining() {
         (Some(CloseReason::GoingAway), None)
     } else if auth.is_err() {
         (None, None)
     } else {
-        match node.admit() {
-            (open, _over) if max > 0 && open > max => (Some(CloseReason::TryAgainLater), None),
-            (_, guard) => (None, Some(guard)),
+        let ip = peer.map(|p| node.settings.trusted_proxies.client_ip(p.ip(), &headers));
+        match node.admit(ip) {
+            Some(guard) => (None, Some(guard)),
+            None => (Some(CloseReason::TryAgainLater), None),
         }
     };
     let last_event_id = protocol_entry(&headers, LAST_ID_PREFIX)
