@@ -15,7 +15,8 @@ use crate::config::{
     AuthArgs, ConfigError, HealthcheckArgs, PublishArgs, ServeArgs, TokenArgs, WorkerArgs,
 };
 use crate::engine::memory::MemoryEngine;
-use crate::engine::redis::{self, ConnectMode, RedisEngine};
+use crate::engine::redis::url::RedisTarget;
+use crate::engine::redis::{ConnectMode, RedisEngine};
 use crate::engine::{EngineError, Engines, HistoryConfig};
 use crate::gateway::Settings;
 use crate::gateway::client_ip::TrustedProxies;
@@ -92,13 +93,13 @@ pub fn default_node_id() -> String {
 
 /// Connects the Redis engine, retrying until `shutdown` (a node may start before Redis).
 async fn connect_redis(
-    url: &str,
+    target: &RedisTarget,
     history: HistoryConfig,
     shutdown: &CancellationToken,
 ) -> Result<RedisEngine, CommandError> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match RedisEngine::connect(url, history, ConnectMode::Service).await {
+        match RedisEngine::connect(target, history, ConnectMode::Service).await {
             Ok(engine) => return Ok(engine),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis yet");
@@ -157,9 +158,13 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         .then_some(Duration::from_secs(args.worker_interval_secs));
     let history = HistoryConfig::from_args(&args.history);
     let rules = args.rules.rules()?;
-    if let Some(url) = &args.redis.redis_url {
-        redis::url::check(url)?;
-    }
+    let target = match &args.redis.redis_url {
+        Some(url) => Some(RedisTarget::new(
+            url,
+            args.redis.redis_tls_ca_file.as_deref(),
+        )?),
+        None => None,
+    };
 
     // The demo listens on loopback unless HOST says otherwise; a node on every interface.
     let default_host = if args.demo {
@@ -169,12 +174,12 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
     };
     let addr = std::net::SocketAddr::new(args.host.unwrap_or(default_host.into()), args.port);
     let listener = bind(addr).await?;
-    let (engines, listener) = match &args.redis.redis_url {
-        Some(url) => {
+    let (engines, listener) = match &target {
+        Some(target) => {
             // Alive (healthz) and honest (readyz 503) while Redis cannot be reached yet.
             let listener = listener.into_std().map_err(CommandError::Listen)?;
             let starting = app::Starting::serve(&listener).map_err(CommandError::Listen)?;
-            let connected = connect_redis(url, history, &shutdown).await;
+            let connected = connect_redis(target, history, &shutdown).await;
             starting.stop().await;
             let listener = TcpListener::from_std(listener).map_err(CommandError::Listen)?;
             (Engines::of("redis", connected?), listener)
@@ -308,9 +313,9 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
             "required: publish goes through Redis to every node",
         )
     })?;
-    redis::url::check(url)?;
+    let target = RedisTarget::new(url, args.redis.redis_tls_ca_file.as_deref())?;
     let history = HistoryConfig::from_args(&args.history);
-    let engine = RedisEngine::connect(url, history, ConnectMode::OneShot).await?;
+    let engine = RedisEngine::connect(&target, history, ConnectMode::OneShot).await?;
     let draft = EventDraft::new(args.tenant.clone(), event_type, data);
     let published = crate::engine::Broker::publish(&engine, &draft).await?;
     Ok(published.id.to_string())
@@ -325,7 +330,7 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
             "required: the worker validates licenses stored in Redis",
         )
     })?;
-    redis::url::check(url)?;
+    let target = RedisTarget::new(url, args.redis.redis_tls_ca_file.as_deref())?;
     let history = HistoryConfig::from_args(&args.history);
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone());
@@ -340,11 +345,11 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
         None => None,
     };
     let engine = if args.once {
-        RedisEngine::connect(url, history, mode)
+        RedisEngine::connect(&target, history, mode)
             .await
             .map_err(CommandError::from)
     } else {
-        connect_redis(url, history, &shutdown).await
+        connect_redis(&target, history, &shutdown).await
     };
     let engine = match engine {
         Ok(engine) => engine,

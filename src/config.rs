@@ -111,6 +111,10 @@ pub struct RedisArgs {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://`); unset = the
+    /// system's roots.
+    #[arg(long, env = "REDIS_TLS_CA_FILE", value_name = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
 }
 
 /// How tokens are verified and minted.

@@ -84,9 +84,13 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
             let url = args.redis.redis_url.as_deref().ok_or_else(|| {
                 crate::config::ConfigError::new("REDIS_URL", "required for --via redis")
             })?;
+            let target = crate::engine::redis::url::RedisTarget::new(
+                url,
+                args.redis.redis_tls_ca_file.as_deref(),
+            )?;
             Publisher::Redis(Box::new(
                 RedisEngine::connect(
-                    url,
+                    &target,
                     HistoryConfig::from_args(&args.history),
                     ConnectMode::OneShot,
                 )

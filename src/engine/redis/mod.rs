@@ -98,15 +98,19 @@ fn unavailable(e: fred::error::Error) -> EngineError {
 }
 
 impl RedisEngine {
-    /// Parses the URL (`redis://`, or `redis-cluster://host:port[,host:port…]`) and connects
-    /// the command client.
+    /// Connects the command client to `target` (`redis://`, `rediss://`, or a cluster URL
+    /// `redis[s]-cluster://host:port[,host:port…]`).
     pub async fn connect(
-        url: &str,
+        target: &url::RedisTarget,
         history: HistoryConfig,
         mode: ConnectMode,
     ) -> Result<Self, EngineError> {
-        let config = Config::from_url(&url::fred_url(url))
+        let url = target.url.as_str();
+        let mut config = Config::from_url(&url::fred_url(url))
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        if let Some(tls) = &target.tls {
+            config.tls = Some(tls.clone());
+        }
         let client = Self::builder(&config, mode, false)
             .build()
             .map_err(unavailable)?;

@@ -39,9 +39,13 @@ impl GatewayOptions {
     }
 
     pub fn redis(redis: &Redis) -> Self {
-        Self {
+        let options = Self {
             redis_url: Some(redis.url()),
             ..Self::default()
+        };
+        match redis.ca_file() {
+            Some(ca) => options.env("REDIS_TLS_CA_FILE", ca.display().to_string()),
+            None => options,
         }
     }
 
@@ -245,6 +249,8 @@ impl Drop for Gateway {
 pub enum Backend {
     Memory,
     Redis,
+    /// One redis-server over TLS only, with a test CA.
+    RedisTls,
     /// A 3-master/3-replica Redis Cluster (sharded pub/sub).
     Cluster,
 }
@@ -258,7 +264,11 @@ pub struct Deployment {
 
 impl Deployment {
     pub async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
-        let redis = (backend == Backend::Redis).then(Redis::start);
+        let redis = match backend {
+            Backend::Redis => Some(Redis::start()),
+            Backend::RedisTls => Some(Redis::start_tls()),
+            _ => None,
+        };
         let cluster = (backend == Backend::Cluster).then(RedisCluster::start);
         let mut options = match (&redis, &cluster) {
             (Some(r), _) => GatewayOptions::redis(r),

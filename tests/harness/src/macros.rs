@@ -27,3 +27,15 @@ macro_rules! on_cluster {
         }
     };
 }
+
+/// Generates one `#[tokio::test]` on Redis over TLS (module `tls`) for each listed
+/// `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_tls {
+    ($($name:ident),* $(,)?) => {
+        mod tls {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::RedisTls).await } )*
+        }
+    };
+}

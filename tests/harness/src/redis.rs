@@ -3,6 +3,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,73 @@ pub struct Redis {
     pub port: u16,
     dir: TempDir,
     aof: bool,
+    /// TLS only (`--tls-port`), with a certificate of a test CA made with openssl.
+    tls: bool,
+}
+
+/// Makes a test CA and a certificate for 127.0.0.1 signed by it in `dir`: `ca.crt`,
+/// `server.crt`, `server.key`.
+pub fn make_test_ca(dir: &Path) {
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=license-gateway test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
 
 impl Redis {
@@ -29,23 +97,52 @@ impl Redis {
         Self::start_with(true)
     }
 
+    /// TLS only, with a test CA ([`Redis::ca_file`]).
+    pub fn start_tls() -> Self {
+        Self::start_with_tls(false, true)
+    }
+
     fn start_with(aof: bool) -> Self {
+        Self::start_with_tls(aof, false)
+    }
+
+    fn start_with_tls(aof: bool, tls: bool) -> Self {
         let dir = TempDir::new("lgw-redis");
+        if tls {
+            make_test_ca(&dir.0);
+        }
         let port = free_port();
         let mut redis = Self {
             child: None,
             port,
             dir,
             aof,
+            tls,
         };
         redis.spawn();
         redis
     }
 
+    /// The test CA's certificate (TLS servers only).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.0.join("ca.crt"))
+    }
+
     fn spawn(&mut self) {
         let aof = if self.aof { "yes" } else { "no" };
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new("redis-server");
+        if self.tls {
+            let file = |name: &str| self.dir.0.join(name).display().to_string();
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &file("server.crt")])
+                .args(["--tls-key-file", &file("server.key")])
+                .args(["--tls-ca-cert-file", &file("ca.crt")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let child = command
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -65,6 +162,19 @@ impl Redis {
             .expect("redis-server must be installed (the README's test command installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
+        while self.tls && Instant::now() < deadline {
+            let ca = self.dir.0.join("ca.crt");
+            let pong = Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(&ca)
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
+            if pong {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         while Instant::now() < deadline {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let mut buf = [0u8; 7];
@@ -81,7 +191,8 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (SIGKILL).
