@@ -140,6 +140,7 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         max_frame_bytes: args.max_frame_bytes as usize,
         ping_interval: Duration::from_secs(args.ping_interval_secs),
         session_queue_len: args.session_queue_len as usize,
+        session_queue_bytes: args.session_queue_bytes as usize,
         unsubscribe_delay: args.unsubscribe_delay()?,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         drain_delay,

@@ -314,6 +314,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSION_QUEUE_LEN", value_name = "SESSION_QUEUE_LEN", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub session_queue_len: u32,
+    /// Payload bytes queued per connection before it counts as a slow consumer. Default
+    /// 1048576.
+    #[arg(long, env = "SESSION_QUEUE_BYTES", value_name = "SESSION_QUEUE_BYTES", default_value_t = 1_048_576,
+          value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
+    pub session_queue_bytes: u64,
     /// History retention.
     #[command(flatten)]
     pub history: HistoryArgs,

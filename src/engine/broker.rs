@@ -119,14 +119,25 @@ pub trait Broker: Send + Sync + 'static {
     /// The id of the newest event in the tenant's history, if any.
     async fn newest_id(&self, tenant: &str) -> Result<Option<EventId>, EngineError>;
 
-    /// The tenant's events after `after` (all retained events when `None`), at most the
-    /// history size; `position` says whether `after` must itself be retained.
+    /// The tenant's events after `after` (all retained events when `None`), at most `limit`
+    /// of them; `position` says whether `after` must itself be retained.
+    async fn history_page(
+        &self,
+        tenant: &str,
+        after: Option<EventId>,
+        position: Position,
+        limit: usize,
+    ) -> Result<History, EngineError>;
+
+    /// Every retained event after `after` (see [`Broker::history_page`]).
     async fn history_after(
         &self,
         tenant: &str,
         after: Option<EventId>,
         position: Position,
-    ) -> Result<History, EngineError>;
+    ) -> Result<History, EngineError> {
+        self.history_page(tenant, after, position, usize::MAX).await
+    }
 
     /// Connected, and every subscription this node wants is in place.
     fn is_ready(&self) -> bool;

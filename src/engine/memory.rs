@@ -121,11 +121,12 @@ impl Broker for MemoryEngine {
             .and_then(|log| log.entries.back().map(|(id, _)| *id)))
     }
 
-    async fn history_after(
+    async fn history_page(
         &self,
         tenant: &str,
         after: Option<EventId>,
         position: Position,
+        limit: usize,
     ) -> Result<History, EngineError> {
         let tenants = self.lock_tenants()?;
         let Some(entries) = tenants
@@ -146,7 +147,9 @@ impl Broker for MemoryEngine {
                 }
             },
         };
-        Ok(History::After(entries.range(start..).cloned().collect()))
+        Ok(History::After(
+            entries.range(start..).take(limit).cloned().collect(),
+        ))
     }
 
     fn is_ready(&self) -> bool {

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, QueueLimits};
 use super::recovery::{FillOutcome, Member, Sessions, TenantStream, resync_reason};
 use crate::engine::{Broker, Control, EngineError, EventSink, Position};
 use crate::protocol::{CloseReason, EventId, Payload};
@@ -62,7 +62,7 @@ pub struct Hub {
     shards: Box<[Shard]>,
     hasher: RandomState,
     broker: Arc<dyn Broker>,
-    queue_len: usize,
+    queue: QueueLimits,
     unsubscribe_delay: Duration,
     next_id: AtomicU64,
     /// Signalled when sessions join or leave, so the node registry refreshes promptly.
@@ -77,7 +77,7 @@ impl Hub {
     /// A hub over `broker`; delayed unsubscribes run on `tracker` and stop at `shutdown`.
     pub fn new(
         broker: Arc<dyn Broker>,
-        queue_len: usize,
+        queue: QueueLimits,
         unsubscribe_delay: Duration,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -86,7 +86,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             broker,
-            queue_len,
+            queue,
             unsubscribe_delay,
             next_id: AtomicU64::new(1),
             changed: Notify::new(),
@@ -117,7 +117,7 @@ impl Hub {
         user: Option<&str>,
     ) -> Result<Membership, EngineError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.queue_len));
+        let outbox = Arc::new(Outbox::new(self.queue));
         let (key, subscribed, start) = {
             let mut shard = self.shard(tenant);
             let key: Arc<str> = match shard.get_key_value(tenant) {

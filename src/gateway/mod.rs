@@ -36,8 +36,10 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     /// Server ping interval.
     pub ping_interval: Duration,
-    /// Per-session queue bound.
+    /// Per-session queue bound, in messages.
     pub session_queue_len: usize,
+    /// Per-session queue bound, in payload bytes (resume replay included).
+    pub session_queue_bytes: usize,
     /// Delay before unsubscribing an idle tenant.
     pub unsubscribe_delay: Duration,
     /// Longest wait for sessions to close at shutdown, after the drain window.
@@ -67,6 +69,7 @@ impl Settings {
             max_frame_bytes: 4096,
             ping_interval: Duration::from_secs(25),
             session_queue_len: 64,
+            session_queue_bytes: 1 << 20,
             unsubscribe_delay: Duration::from_millis(10),
             shutdown_timeout: Duration::from_secs(1),
             drain_delay: Duration::ZERO,

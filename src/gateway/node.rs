@@ -56,7 +56,10 @@ impl Node {
         let background_stop = CancellationToken::new();
         let hub = Arc::new(Hub::new(
             broker.clone(),
-            settings.session_queue_len,
+            super::outbox::QueueLimits {
+                len: settings.session_queue_len,
+                bytes: settings.session_queue_bytes,
+            },
             settings.unsubscribe_delay,
             background.clone(),
             background_stop.clone(),

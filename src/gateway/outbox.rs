@@ -10,12 +10,32 @@ use tokio::sync::Notify;
 use crate::protocol::{CloseReason, EventId, Payload};
 
 /// One session's outgoing queue, shared by the hub (producer) and the session task (consumer).
-/// Starts without an allocation; bounded by `cap`; overflowing it closes the session.
+/// Starts without an allocation; bounded in messages and in bytes; overflowing it closes the
+/// session.
 pub struct Outbox {
     // std Mutex: held for a push or a pop, never across an await.
     state: Mutex<OutboxState>,
     notify: Notify,
-    cap: usize,
+    limits: QueueLimits,
+}
+
+/// How much one outbox may hold before its session counts as a slow consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Messages (`SESSION_QUEUE_LEN`).
+    pub len: usize,
+    /// Bytes of their payloads (`SESSION_QUEUE_BYTES`).
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    /// At most `len` messages, however large.
+    pub fn messages(len: usize) -> Self {
+        Self {
+            len,
+            bytes: usize::MAX,
+        }
+    }
 }
 
 /// A queued message: an event with its id, or a control message (`None`).
@@ -24,6 +44,8 @@ pub type Item = (Option<EventId>, Payload);
 #[derive(Default)]
 struct OutboxState {
     queue: VecDeque<Item>,
+    /// Payload bytes in `queue`.
+    bytes: usize,
     close: Option<CloseReason>,
 }
 
@@ -38,12 +60,12 @@ pub enum Next {
 }
 
 impl Outbox {
-    /// An empty outbox holding at most `cap` messages.
-    pub fn new(cap: usize) -> Self {
+    /// An empty outbox within `limits`.
+    pub fn new(limits: QueueLimits) -> Self {
         Self {
             state: Mutex::new(OutboxState::default()),
             notify: Notify::new(),
-            cap,
+            limits,
         }
     }
 
@@ -59,13 +81,17 @@ impl Outbox {
         if state.close.is_some() {
             return false;
         }
-        if state.queue.len() >= self.cap {
+        let len = payload.as_str().len();
+        if state.queue.len() >= self.limits.len
+            || state.bytes.saturating_add(len) > self.limits.bytes
+        {
             state.close = Some(CloseReason::SlowConsumer);
             state.queue = VecDeque::new();
             drop(state);
             self.notify.notify_one();
             return false;
         }
+        state.bytes += len;
         state.queue.push_back((id, payload));
         drop(state);
         self.notify.notify_one();
@@ -89,7 +115,10 @@ impl Outbox {
             return Next::Close(reason);
         }
         match state.queue.pop_front() {
-            Some((id, payload)) => Next::Event(id, payload),
+            Some((id, payload)) => {
+                state.bytes -= payload.as_str().len();
+                Next::Event(id, payload)
+            }
             None => {
                 // Give back the memory of a burst once it has drained.
                 if state.queue.capacity() > 64 {
@@ -112,7 +141,7 @@ mod tests {
 
     #[test]
     fn outbox_overflow_becomes_a_slow_consumer_close() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(QueueLimits::messages(2));
         assert!(outbox.push(None, "a".into()));
         assert!(outbox.push(None, "b".into()));
         assert!(!outbox.push(None, "c".into()));
@@ -125,7 +154,7 @@ mod tests {
 
     #[test]
     fn outbox_keeps_order_and_first_close_reason() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(QueueLimits::messages(8));
         outbox.push(None, "a".into());
         outbox.push(None, "b".into());
         assert!(matches!(outbox.next(), Next::Event(None, p) if p.as_str() == "a"));
@@ -134,5 +163,24 @@ mod tests {
         outbox.close(CloseReason::GoingAway);
         outbox.close(CloseReason::SlowConsumer);
         assert!(matches!(outbox.next(), Next::Close(CloseReason::GoingAway)));
+    }
+
+    /// Invariant: the byte bound holds as well as the message bound; what a session takes out
+    /// frees its bytes.
+    #[test]
+    fn the_byte_bound_closes_a_session_holding_too_much() {
+        let outbox = Outbox::new(QueueLimits {
+            len: 100,
+            bytes: 10,
+        });
+        assert!(outbox.push(None, "12345".into()));
+        assert!(outbox.push(None, "67890".into()));
+        assert!(matches!(outbox.next(), Next::Event(None, _)));
+        assert!(outbox.push(None, "abcde".into()), "taken bytes are freed");
+        assert!(!outbox.push(None, "x".into()));
+        assert!(matches!(
+            outbox.next(),
+            Next::Close(CloseReason::SlowConsumer)
+        ));
     }
 }

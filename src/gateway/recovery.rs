@@ -187,7 +187,9 @@ mod tests {
 
     /// One session's outbox, and the sessions map holding it.
     fn one_session() -> (Arc<Outbox>, Sessions) {
-        let outbox = Arc::new(Outbox::new(1000));
+        let outbox = Arc::new(Outbox::new(crate::gateway::outbox::QueueLimits::messages(
+            1000,
+        )));
         let member = Member {
             outbox: outbox.clone(),
             user: None,

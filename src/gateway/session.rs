@@ -25,6 +25,9 @@ use crate::engine::{History, Position};
 use crate::metrics;
 use crate::protocol::{ClientMessage, CloseReason, EventId, ResyncReason, ServerMessage, now_ms};
 
+/// Events read from the history at a time during a resume.
+const REPLAY_PAGE: usize = 100;
+
 /// How long the server waits for the client's close frame after sending its own.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -358,42 +361,57 @@ impl<W: Socket> Session<'_, W> {
     }
 
     /// Sends the events after `resume` from the history, or `resync_required` when that is not
-    /// possible. False when the socket failed.
+    /// possible. False when the socket failed. The history is read in pages of
+    /// [`REPLAY_PAGE`] events, so a resume from far back holds one page at a time, and a reader
+    /// that does not keep up is dropped by `send` long before the whole history is read.
     async fn replay(&mut self, resume: &str) -> bool {
         let tenant = self.membership.tenant();
-        let after: EventId = match resume.parse() {
+        let mut after: EventId = match resume.parse() {
             Ok(id) => id,
             Err(_) => return self.resync(ResyncReason::Malformed).await,
         };
-        let history = match self
-            .node
-            .broker
-            .history_after(tenant, Some(after), Position::Exact)
-            .await
-        {
-            Ok(history) => history,
-            Err(error) => {
-                session_event!(self.span, WARN, %error, "history unavailable for resume");
-                return self.resync(ResyncReason::HistoryUnavailable).await;
-            }
-        };
-        match history {
-            History::After(events) => {
-                session_event!(self.span, DEBUG, after = %after, replayed = events.len(), "resuming");
+        // The client's id must be retained; the following pages continue by id order.
+        let mut position = Position::Exact;
+        let mut replayed = 0;
+        loop {
+            let page = match self
+                .node
+                .broker
+                .history_page(tenant, Some(after), position, REPLAY_PAGE)
+                .await
+            {
+                Ok(History::After(events)) => events,
+                Ok(other) if position == Position::Exact => {
+                    return match resync_reason(&other) {
+                        Some(reason) => self.resync(reason).await,
+                        None => true,
+                    };
+                }
+                // Trimmed (or lost) between two pages: events may be missing.
+                Ok(_) => return self.resync(ResyncReason::EventsMissed).await,
+                Err(error) => {
+                    session_event!(self.span, WARN, %error, "history unavailable for resume");
+                    return self.resync(ResyncReason::HistoryUnavailable).await;
+                }
+            };
+            if position == Position::Exact {
                 metrics::history_replay("replayed");
                 self.last_sent = Some(after);
-                for (id, payload) in events {
-                    if !self.send(Message::Text(payload.into_ws_text())).await {
-                        return false;
-                    }
-                    self.last_sent = Some(id);
-                }
-                true
             }
-            other => match resync_reason(&other) {
-                Some(reason) => self.resync(reason).await,
-                None => true,
-            },
+            let full = page.len() == REPLAY_PAGE;
+            for (id, payload) in page {
+                if !self.send(Message::Text(payload.into_ws_text())).await {
+                    return false;
+                }
+                self.last_sent = Some(id);
+                after = id;
+                replayed += 1;
+            }
+            if !full {
+                session_event!(self.span, DEBUG, replayed, "resumed");
+                return true;
+            }
+            position = Position::ByOrder;
         }
     }
 

@@ -78,18 +78,20 @@ impl Broker for RedisEngine {
         Ok(newest.and_then(|id| id.parse().ok()))
     }
 
-    async fn history_after(
+    async fn history_page(
         &self,
         tenant: &str,
         after: Option<EventId>,
         position: Position,
+        limit: usize,
     ) -> Result<History, EngineError> {
         let from = after.map_or_else(|| "-".to_owned(), |id| id.to_string());
         let mode = match position {
             Position::Exact => "exact",
             Position::ByOrder => "order",
         };
-        let args: Vec<Value> = vec![from.into(), (self.history.size as i64).into(), mode.into()];
+        let count = limit.min(self.history.size as usize) as i64;
+        let args: Vec<Value> = vec![from.into(), count.into(), mode.into()];
         let reply: Vec<String> = self
             .scripts
             .history
