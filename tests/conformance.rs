@@ -1,5 +1,6 @@
 //! The conformance suite: every test here runs against both engines — the embedded memory
-//! engine and the Redis engine on a real `redis-server` — through a real gateway process.
+//! engine and the Redis engine on a real `redis-server` (plain, and TLS only) — through a real
+//! gateway process.
 
 use std::time::Duration;
 
@@ -7,34 +8,8 @@ use futures_util::SinkExt;
 use harness::*;
 use serde_json::{Value, json};
 
-both_engines!(
-    seed_server_initializes,
-    seed_rejects_connection_without_token,
-    seed_accepts_valid_token_on_every_carrier,
-    seed_ping_pong,
-    seed_broadcasts_license_expiration,
-    seed_broadcasts_usage_limit_warning,
-    seed_tracks_connection_stats,
-    seed_multiple_clients_of_one_tenant,
-    bad_tokens_close_with_1008_and_exact_reason,
-    tenant_isolation_three_by_three,
-    malformed_client_messages_get_errors_and_the_connection_stays,
-    oversized_frame_closes_with_1009_and_service_continues,
-    in_band_refresh_extends_the_connection,
-    refresh_for_another_tenant_closes_with_1008,
-    token_expiry_closes_a_live_connection,
-    heartbeat_keeps_readers_and_drops_silent_peers,
-    disallowed_origin_is_refused_at_upgrade,
-    connection_limit_closes_with_1013,
-    publish_api_checks_tokens_and_bodies,
-    event_ids_increase_strictly_per_tenant,
-    slow_consumer_is_closed_and_others_keep_up,
-    sigterm_closes_sessions_with_1001_and_exits,
-    resume_replays_after_last_event_id_or_asks_for_resync,
-);
-
-// All of them again with Redis over TLS only (rediss://, a test CA in REDIS_TLS_CA_FILE).
-on_tls!(
+// Each on the embedded engine, on Redis, and on Redis over TLS only (rediss://, a test CA).
+every_engine!(
     seed_server_initializes,
     seed_rejects_connection_without_token,
     seed_accepts_valid_token_on_every_carrier,

@@ -39,3 +39,12 @@ macro_rules! on_tls {
         }
     };
 }
+
+/// Like [`both_engines!`], plus a third module `tls` on Redis over TLS only.
+#[macro_export]
+macro_rules! every_engine {
+    ($($name:ident),* $(,)?) => {
+        $crate::both_engines!($($name),*);
+        $crate::on_tls!($($name),*);
+    };
+}
