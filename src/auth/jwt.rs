@@ -31,11 +31,8 @@ pub struct Claims {
 /// Where verification keys come from.
 enum Keys {
     /// HMAC secrets (current first, then the previous one during a rotation), or one public
-    /// key from a PEM file, with the algorithms they may verify.
-    Static {
-        keys: Vec<DecodingKey>,
-        algorithms: Vec<Algorithm>,
-    },
+    /// key from a PEM file; the algorithms they may verify are in the verifier's validation.
+    Static(Vec<DecodingKey>),
     /// Keys by `kid` from the identity provider's JWKS endpoint.
     Jwks(Arc<Jwks>),
 }
@@ -43,7 +40,8 @@ enum Keys {
 /// Verifies tokens with the configured keys, claim rules and token policy.
 pub struct Verifier {
     keys: Keys,
-    /// Claim rules; its algorithm list is set per key.
+    /// Claim rules, with the static keys' algorithms (with JWKS, the algorithm is set per
+    /// token).
     validation: Validation,
     tenant_claim: String,
     user_claim: String,
@@ -72,7 +70,8 @@ fn hmac_secret(var: &'static str, secret: &str) -> Result<DecodingKey, ConfigErr
     DecodingKey::from_secret(secret.as_bytes()).map_err(|e| ConfigError::new(var, e.to_string()))
 }
 
-fn static_keys(args: &AuthArgs) -> Result<Keys, ConfigError> {
+/// The static keys and the algorithms they may verify.
+fn static_keys(args: &AuthArgs) -> Result<(Vec<DecodingKey>, Vec<Algorithm>), ConfigError> {
     if let Some(path) = &args.jwt_public_key {
         let pem = std::fs::read(path)
             .map_err(|e| ConfigError::new("JWT_PUBLIC_KEY", format!("{}: {e}", path.display())))?;
@@ -89,10 +88,7 @@ fn static_keys(args: &AuthArgs) -> Result<Keys, ConfigError> {
                 format!("{} is not an RSA or EC public key in PEM", path.display()),
             ));
         };
-        return Ok(Keys::Static {
-            keys: vec![key],
-            algorithms,
-        });
+        return Ok((vec![key], algorithms));
     }
     let Some(secret) = &args.jwt_secret else {
         return Err(ConfigError::new(
@@ -104,10 +100,7 @@ fn static_keys(args: &AuthArgs) -> Result<Keys, ConfigError> {
     if let Some(previous) = &args.jwt_secret_previous {
         keys.push(hmac_secret("JWT_SECRET_PREVIOUS", previous)?);
     }
-    Ok(Keys::Static {
-        keys,
-        algorithms: vec![Algorithm::HS256],
-    })
+    Ok((keys, vec![Algorithm::HS256]))
 }
 
 impl Verifier {
@@ -127,14 +120,19 @@ impl Verifier {
                 format!("at most {MAX_LEEWAY_SECS}"),
             ));
         }
-        let keys = match &args.jwt_jwks_url {
-            Some(url) => Keys::Jwks(Arc::new(Jwks::new(
-                url,
-                Duration::from_secs(args.jwt_jwks_refresh_secs),
-            )?)),
-            None => static_keys(args)?,
+        let (keys, algorithms) = match &args.jwt_jwks_url {
+            Some(url) => {
+                let refresh = Duration::from_secs(args.jwt_jwks_refresh_secs);
+                // Set per token from the key its `kid` names.
+                (Keys::Jwks(Arc::new(Jwks::new(url, refresh)?)), Vec::new())
+            }
+            None => {
+                let (keys, algorithms) = static_keys(args)?;
+                (Keys::Static(keys), algorithms)
+            }
         };
         let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = algorithms;
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = args.jwt_leeway_secs;
         validation.validate_nbf = true;
@@ -171,11 +169,8 @@ impl Verifier {
             return Err(AuthError::Missing);
         }
         let claims = match &self.keys {
-            Keys::Static { keys, algorithms } => {
-                let mut validation = self.validation.clone();
-                validation.algorithms = algorithms.clone();
-                decode_with_any(token, keys, &validation)?
-            }
+            // Complete since construction: nothing to build per token.
+            Keys::Static(keys) => decode_with_any(token, keys, &self.validation)?,
             Keys::Jwks(jwks) => {
                 // The key is the one the token's `kid` names, for the algorithm it claims,
                 // provided that key may verify that algorithm.
@@ -235,14 +230,14 @@ impl Verifier {
     pub fn jwks(&self) -> Option<Arc<Jwks>> {
         match &self.keys {
             Keys::Jwks(jwks) => Some(jwks.clone()),
-            Keys::Static { .. } => None,
+            Keys::Static(_) => None,
         }
     }
 
     /// Whether tokens can be verified: keys configured, or a JWKS key set loaded.
     pub fn is_ready(&self) -> bool {
         match &self.keys {
-            Keys::Static { .. } => true,
+            Keys::Static(_) => true,
             Keys::Jwks(jwks) => jwks.is_loaded(),
         }
     }
