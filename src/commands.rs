@@ -148,6 +148,7 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         header_timeout: Duration::from_secs(args.http_header_timeout_secs),
         client_rate: Rate::new(args.client_msg_rate()?, args.client_msg_burst),
         max_connections_per_ip: args.max_connections_per_ip,
+        max_connections_per_tenant: args.max_connections_per_tenant,
         trusted_proxies: TrustedProxies::parse(args.trusted_proxies.as_deref().unwrap_or(""))
             .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?,
     };

@@ -287,6 +287,15 @@ pub struct ServeArgs {
         default_value_t = 0
     )]
     pub max_connections_per_ip: usize,
+    /// Connections per tenant across every node; 0 = no limit. Beyond it new connections close
+    /// with 1013; a crashed node's connections stop counting within 20 s.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS_PER_TENANT",
+        value_name = "MAX_CONNECTIONS_PER_TENANT",
+        default_value_t = 0
+    )]
+    pub max_connections_per_tenant: usize,
     /// Comma list of CIDR blocks of proxies whose `X-Forwarded-For` names the client (the first
     /// untrusted hop from the right). Unset: the peer address is the client.
     #[arg(long, env = "TRUSTED_PROXIES", value_name = "TRUSTED_PROXIES")]

@@ -205,3 +205,95 @@ async fn per_address_caps_hold_directly_and_behind_a_trusted_proxy() {
             .expect("another client address"),
     );
 }
+
+/// Connects to `url` as `token`'s tenant: the client when admitted, the close code when not.
+async fn try_admit(url: &str, token: &str) -> Result<WsClient, Option<Read>> {
+    let mut client = ws_connect(url, Some(token), Carrier::Subprotocol).await;
+    match client.read(WAIT).await {
+        Some(Read::Text(t)) if t.contains("\"connected\"") => Ok(client),
+        other => Err(other),
+    }
+}
+
+fn refused_busy(outcome: &Result<WsClient, Option<Read>>) -> bool {
+    matches!(outcome, Err(Some(Read::Close(Some((1013, reason))))) if reason == "try again later")
+}
+
+/// `MAX_CONNECTIONS_PER_TENANT` counts across three nodes on one Redis: a concurrent burst
+/// overshoots by at most one per node, another tenant is still admitted, a closed connection
+/// frees its seat at once, and a SIGKILLed node's connections stop counting within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_tenant_caps_hold_across_nodes_and_forget_a_crashed_node() {
+    const CAP: usize = 6;
+    let redis = Redis::start();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let options = GatewayOptions::redis(&redis).env("MAX_CONNECTIONS_PER_TENANT", "6");
+        nodes.push(Gateway::start(options).await);
+    }
+    let urls: Vec<String> = nodes.iter().map(Gateway::ws_url).collect();
+    let acme = tenant_token("acme");
+
+    // A burst of 24 concurrent connects spread over the three nodes.
+    let burst = (0..24).map(|i| try_admit(&urls[i % 3], &acme));
+    let outcomes = futures_util::future::join_all(burst).await;
+    let refused = outcomes.iter().filter(|o| refused_busy(o)).count();
+    let admitted: Vec<WsClient> = outcomes.into_iter().filter_map(Result::ok).collect();
+    println!(
+        "burst of 24 at cap {CAP}: {} admitted, {refused} refused",
+        admitted.len()
+    );
+    assert!(
+        (CAP..=CAP + 3).contains(&admitted.len()) && admitted.len() + refused == 24,
+        "admitted {}, refused {refused}",
+        admitted.len()
+    );
+    // Another tenant is not affected by acme's cap, on any node.
+    for url in &urls {
+        assert!(try_admit(url, &tenant_token("globex")).await.is_ok());
+    }
+    for client in admitted {
+        client.close().await;
+    }
+
+    // Three seats on node 0, three on node 1: acme is at its cap everywhere.
+    let mut held = Vec::new();
+    for i in 0..CAP {
+        let url = &urls[i / 3];
+        let client = eventually(WAIT, "a seat freed by the closed burst", || async {
+            try_admit(url, &acme).await.ok()
+        })
+        .await;
+        held.push(client);
+    }
+    assert!(refused_busy(&try_admit(&urls[2], &acme).await));
+    // A connection that closes gives its seat back at once, to any node.
+    held.pop().expect("held").close().await;
+    let again = eventually(WAIT, "the released seat", || async {
+        try_admit(&urls[2], &acme).await.ok()
+    })
+    .await;
+    held.push(again);
+    assert!(refused_busy(&try_admit(&urls[1], &acme).await));
+
+    // Node 0 dies without giving its three seats back: they stop counting within 30 s.
+    let killed = Instant::now();
+    nodes[0].kill();
+    let freed = eventually(
+        Duration::from_secs(30),
+        "a dead node's seats expiring",
+        || async { try_admit(&urls[2], &acme).await.ok() },
+    )
+    .await;
+    println!("a killed node's seats freed after {:?}", killed.elapsed());
+    held.push(freed);
+    for _ in 0..2 {
+        held.push(
+            try_admit(&urls[1], &acme)
+                .await
+                .expect("the dead node's seats"),
+        );
+    }
+    assert!(refused_busy(&try_admit(&urls[2], &acme).await));
+    drop(held);
+}

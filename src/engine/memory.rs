@@ -29,6 +29,8 @@ pub struct MemoryEngine {
     // an await. Delivery happens under it so concurrent publishes reach sessions in id order.
     tenants: Mutex<HashMap<String, TenantLog>>,
     node: Mutex<Option<NodeStats>>,
+    /// Connections per tenant (one node holds them all).
+    seats: Mutex<HashMap<String, usize>>,
     deadlines: Mutex<BTreeMap<String, u64>>,
     sink: OnceLock<Weak<dyn EventSink>>,
 }
@@ -40,6 +42,7 @@ impl MemoryEngine {
             history,
             tenants: Mutex::new(HashMap::new()),
             node: Mutex::new(None),
+            seats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(BTreeMap::new()),
             sink: OnceLock::new(),
         }
@@ -263,6 +266,41 @@ impl NodeRegistry for MemoryEngine {
             .into_iter()
             .collect())
     }
+
+    async fn claim_seat(
+        &self,
+        tenant: &str,
+        _node: &str,
+        limit: usize,
+    ) -> Result<bool, EngineError> {
+        let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        let held = seats.entry(tenant.to_owned()).or_insert(0);
+        if *held >= limit {
+            return Ok(false);
+        }
+        *held += 1;
+        Ok(true)
+    }
+
+    async fn release_seat(&self, tenant: &str, _node: &str) -> Result<(), EngineError> {
+        let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = seats.get_mut(tenant) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                seats.remove(tenant);
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_seats(
+        &self,
+        _node: &str,
+        _held: &[(String, usize)],
+    ) -> Result<(), EngineError> {
+        // One process: claims and releases are never lost, so there is nothing to repair.
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -358,5 +396,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ids(all).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn seats_stop_at_the_cap_and_come_back_when_released() {
+        let engine = engine(10);
+        for _ in 0..2 {
+            assert!(engine.claim_seat("acme", "n", 2).await.unwrap());
+        }
+        assert!(!engine.claim_seat("acme", "n", 2).await.unwrap());
+        assert!(engine.claim_seat("globex", "n", 2).await.unwrap());
+        engine.release_seat("acme", "n").await.unwrap();
+        assert!(engine.claim_seat("acme", "n", 2).await.unwrap());
+        assert!(!engine.claim_seat("acme", "n", 2).await.unwrap());
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use broker::{Broker, Control, EventSink, History, Position, Published};
-pub use registry::{NODE_TTL, NodeRegistry, NodeStats};
+pub use registry::{NODE_TTL, NodeRegistry, NodeStats, SEAT_TTL};
 pub use store::{Applied, Change, DocWrite, Expect, FieldSwap, LicenseStore, TenantRecord};
 
 /// History retention (`HISTORY_SIZE`, `HISTORY_TTL_SECS`).

@@ -23,6 +23,9 @@ pub async fn start(node: &Arc<Node>) -> Result<(), EngineError> {
         .start(sink, node.background_stop.clone(), &node.background)
         .await?;
     node.background.spawn(refresh_registry(node.clone()));
+    if node.settings.max_connections_per_tenant > 0 {
+        node.background.spawn(refresh_seats(node.clone()));
+    }
     if let Some(jwks) = node.verifier.jwks() {
         node.background
             .spawn(jwks.run(node.background_stop.clone()));
@@ -47,6 +50,29 @@ async fn refresh_registry(node: Arc<Node>) {
         }
         if let Err(error) = node.registry.report_node(&node.stats()).await {
             tracing::debug!(%error, "node registry refresh failed");
+        }
+    }
+}
+
+/// Keeps this node's seats (`MAX_CONNECTIONS_PER_TENANT`) alive and true every few seconds:
+/// on a timer only, since it writes one entry per tenant held.
+async fn refresh_seats(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(REGISTRY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.background_stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let held = node.held_seats();
+        if held.is_empty() {
+            continue;
+        }
+        if let Err(error) = node
+            .registry
+            .refresh_seats(&node.settings.node_id, &held)
+            .await
+        {
+            tracing::debug!(%error, "seat refresh failed");
         }
     }
 }

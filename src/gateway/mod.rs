@@ -54,6 +54,8 @@ pub struct Settings {
     pub client_rate: rate::Rate,
     /// Connections per client address; 0 = none.
     pub max_connections_per_ip: usize,
+    /// Connections per tenant across the cluster; 0 = none.
+    pub max_connections_per_tenant: usize,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client_ip::TrustedProxies,
 }
@@ -77,6 +79,7 @@ impl Settings {
             header_timeout: Duration::from_secs(10),
             client_rate: rate::Rate::new(10.0, 20),
             max_connections_per_ip: 0,
+            max_connections_per_tenant: 0,
             trusted_proxies: client_ip::TrustedProxies::default(),
         }
     }

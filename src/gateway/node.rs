@@ -35,6 +35,9 @@ pub struct Node {
     /// Connections per client address, while `MAX_CONNECTIONS_PER_IP` is set; an entry goes
     /// with its last connection. std Mutex: held for a lookup, never across an await.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Seats this node holds per tenant, while `MAX_CONNECTIONS_PER_TENANT` is set: what the
+    /// periodic refresh writes back to the engine. std Mutex, never held across an await.
+    seats: Mutex<HashMap<String, usize>>,
     next_connection: AtomicU64,
     /// Session tasks, waited for at shutdown (axum does not track upgraded connections).
     pub(crate) sessions: TaskTracker,
@@ -74,6 +77,7 @@ impl Node {
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            seats: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             sessions: TaskTracker::new(),
             background,
@@ -90,7 +94,11 @@ impl Node {
     /// the guard uncounts it when dropped. `None`: a limit is reached (nothing is counted).
     pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<ConnectionGuard> {
         let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut guard = ConnectionGuard(self.clone(), None);
+        let mut guard = ConnectionGuard {
+            node: self.clone(),
+            ip: None,
+            tenant: None,
+        };
         let max = self.settings.max_connections;
         if max > 0 && open > max {
             return None;
@@ -103,9 +111,37 @@ impl Node {
                 return None;
             }
             *count += 1;
-            guard.1 = Some(ip);
+            guard.ip = Some(ip);
         }
         Some(guard)
+    }
+
+    /// Counts the admitted connection toward its tenant's cluster-wide cap
+    /// (`MAX_CONNECTIONS_PER_TENANT`); `Ok(false)` when the tenant is at its cap. An engine
+    /// failure refuses too: the cap cannot be checked, and the node cannot subscribe then either.
+    pub async fn claim_seat(
+        &self,
+        guard: &mut ConnectionGuard,
+        tenant: &str,
+    ) -> Result<bool, crate::engine::EngineError> {
+        let limit = self.settings.max_connections_per_tenant;
+        if limit == 0 {
+            return Ok(true);
+        }
+        let node = &self.settings.node_id;
+        if !self.registry.claim_seat(tenant, node, limit).await? {
+            return Ok(false);
+        }
+        let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        *seats.entry(tenant.to_owned()).or_insert(0) += 1;
+        guard.tenant = Some(tenant.to_owned());
+        Ok(true)
+    }
+
+    /// The seats this node holds, per tenant (for the periodic refresh).
+    pub fn held_seats(&self) -> Vec<(String, usize)> {
+        let seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        seats.iter().map(|(t, n)| (t.clone(), *n)).collect()
     }
 
     /// Whether the node is draining (readiness off, new connections refused).
@@ -132,20 +168,50 @@ impl Node {
     }
 }
 
-/// Counts a connection toward the node's limits (and its address's) while it lives.
-pub struct ConnectionGuard(Arc<Node>, Option<IpAddr>);
+/// Counts a connection toward the node's limits (and its address's and tenant's) while it
+/// lives.
+pub struct ConnectionGuard {
+    node: Arc<Node>,
+    ip: Option<IpAddr>,
+    /// The tenant whose seat this connection holds.
+    tenant: Option<String>,
+}
+
+/// One fewer for `key` in `counts`; the entry goes with its last one.
+fn uncount<K: std::hash::Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: &K) {
+    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some(ip) = self.1 {
-            let mut counts = self.0.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = counts.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&ip);
-                }
-            }
+        let node = &self.node;
+        node.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            uncount(&node.per_ip, &ip);
+        }
+        if let Some(tenant) = self.tenant.take() {
+            uncount(&node.seats, &tenant);
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return; // no runtime left to release on: the seats expire with the node's
+            };
+            // Given back at once so a reconnect elsewhere finds it free; a release that fails
+            // is repaired by the next refresh, or expires with the node's seats.
+            let registry = node.registry.clone();
+            let id = node.settings.node_id.clone();
+            node.background.spawn_on(
+                async move {
+                    if let Err(error) = registry.release_seat(&tenant, &id).await {
+                        tracing::debug!(%error, "seat release failed; the refresh repairs it");
+                    }
+                },
+                &runtime,
+            );
         }
     }
 }

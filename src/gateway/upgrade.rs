@@ -1,7 +1,7 @@
 //! `GET /ws/license`: origin check, connection limit, the token (from one of three carriers),
 //! the resume position, then the upgrade into a session task of its own.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::Node;
+use super::node::ConnectionGuard;
 use super::session::{self, Handshake};
 use crate::auth::{AuthError, bearer_token};
 use crate::protocol::{BEARER_PREFIX, CloseReason, LAST_ID_PREFIX, SUBPROTOCOL};
@@ -86,6 +87,20 @@ fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
     ok
 }
 
+/// Counts a connection toward the node's, its address's and its tenant's limits; `None` when
+/// one is reached (or the tenant's cap cannot be checked), with nothing counted.
+async fn admit(node: &Arc<Node>, ip: Option<IpAddr>, tenant: &str) -> Option<ConnectionGuard> {
+    let mut guard = node.admit(ip)?;
+    match node.claim_seat(&mut guard, tenant).await {
+        Ok(true) => Some(guard),
+        Ok(false) => None,
+        Err(error) => {
+            tracing::warn!(%error, "tenant connection cap not checked: connection refused");
+            None
+        }
+    }
+}
+
 async fn ws_handler(
     State(node): State<Arc<Node>>,
     PeerAddr(peer): PeerAddr,
@@ -102,15 +117,15 @@ async fn ws_handler(
     };
     // Only an authenticated connection within the limits is counted: a refused one never
     // holds a slot, however slowly it answers its close frame.
-    let (refuse, guard) = if node.is_draining() {
-        (Some(CloseReason::GoingAway), None)
-    } else if auth.is_err() {
-        (None, None)
-    } else {
-        let ip = peer.map(|p| node.settings.trusted_proxies.client_ip(p.ip(), &headers));
-        match node.admit(ip) {
-            Some(guard) => (None, Some(guard)),
-            None => (Some(CloseReason::TryAgainLater), None),
+    let (refuse, guard) = match &auth {
+        _ if node.is_draining() => (Some(CloseReason::GoingAway), None),
+        Err(_) => (None, None),
+        Ok((tenant, _)) => {
+            let ip = peer.map(|p| node.settings.trusted_proxies.client_ip(p.ip(), &headers));
+            match admit(&node, ip, tenant).await {
+                Some(guard) => (None, Some(guard)),
+                None => (Some(CloseReason::TryAgainLater), None),
+            }
         }
     };
     let last_event_id = protocol_entry(&headers, LAST_ID_PREFIX)

@@ -39,6 +39,11 @@ pub fn notices_key(t: &str) -> String {
     format!("license:notices:{{{t}}}")
 }
 
+/// Connections of tenant `t` per node, for `MAX_CONNECTIONS_PER_TENANT` (`seat_claim.lua`).
+pub fn seats_key(t: &str) -> String {
+    format!("license:seats:{{{t}}}")
+}
+
 /// Sorted set of tenants scored by when they next owe a notice (ms).
 pub const DEADLINES_KEY: &str = "license:deadlines";
 

@@ -1,12 +1,13 @@
 //! The node registry on Redis: one expiring key per node, and a sorted set of node ids by
-//! their last refresh.
+//! their last refresh; a tenant's seats in one hash (`seat_*.lua`), a field per node with its
+//! own expiry, so a crashed node's connections stop counting.
 
 use async_trait::async_trait;
 use fred::prelude::*;
 
-use super::keys::{NODES_KEY, node_key};
+use super::keys::{NODES_KEY, node_key, seats_key};
 use super::{RedisEngine, unavailable};
-use crate::engine::{EngineError, NODE_TTL, NodeRegistry, NodeStats};
+use crate::engine::{EngineError, NODE_TTL, NodeRegistry, NodeStats, SEAT_TTL};
 use crate::protocol::now_ms;
 
 #[async_trait]
@@ -66,5 +67,52 @@ impl NodeRegistry for RedisEngine {
             }
         }
         Ok(nodes)
+    }
+
+    async fn claim_seat(
+        &self,
+        tenant: &str,
+        node: &str,
+        limit: usize,
+    ) -> Result<bool, EngineError> {
+        let args: Vec<Value> = vec![
+            node.into(),
+            (limit as i64).into(),
+            (SEAT_TTL.as_millis() as i64).into(),
+        ];
+        let claimed: i64 = self
+            .scripts
+            .seat_claim
+            .evalsha_with_reload(&self.client, vec![seats_key(tenant)], args)
+            .await
+            .map_err(unavailable)?;
+        Ok(claimed == 1)
+    }
+
+    async fn release_seat(&self, tenant: &str, node: &str) -> Result<(), EngineError> {
+        let _: i64 = self
+            .scripts
+            .seat_release
+            .evalsha_with_reload(&self.client, vec![seats_key(tenant)], vec![node])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn refresh_seats(&self, node: &str, held: &[(String, usize)]) -> Result<(), EngineError> {
+        let ttl = SEAT_TTL.as_millis() as i64;
+        // One script per tenant (each its own slot on a cluster), all in flight at once.
+        let refreshes = held.iter().map(|(tenant, count)| {
+            let args: Vec<Value> = vec![node.into(), (*count as i64).into(), ttl.into()];
+            self.scripts.seat_refresh.evalsha_with_reload::<i64, _, _>(
+                &self.client,
+                vec![seats_key(tenant)],
+                args,
+            )
+        });
+        for result in futures_util::future::join_all(refreshes).await {
+            result.map_err(unavailable)?;
+        }
+        Ok(())
     }
 }

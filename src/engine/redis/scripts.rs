@@ -18,6 +18,12 @@ pub struct Scripts {
     pub history: Script,
     /// `newest_id.lua`: the newest history id.
     pub newest_id: Script,
+    /// `seat_claim.lua`: one of a tenant's seats, checked against every live node's.
+    pub seat_claim: Script,
+    /// `seat_release.lua`: a seat given back.
+    pub seat_release: Script,
+    /// `seat_refresh.lua`: a node's seats of a tenant set and kept alive.
+    pub seat_refresh: Script,
 }
 
 impl Default for Scripts {
@@ -28,6 +34,9 @@ impl Default for Scripts {
             load: Script::from_lua(include_str!("scripts/load.lua")),
             history: Script::from_lua(include_str!("scripts/history.lua")),
             newest_id: Script::from_lua(include_str!("scripts/newest_id.lua")),
+            seat_claim: Script::from_lua(include_str!("scripts/seat_claim.lua")),
+            seat_release: Script::from_lua(include_str!("scripts/seat_release.lua")),
+            seat_refresh: Script::from_lua(include_str!("scripts/seat_refresh.lua")),
         }
     }
 }
