@@ -297,3 +297,93 @@ async fn per_tenant_caps_hold_across_nodes_and_forget_a_crashed_node() {
     assert!(refused_busy(&try_admit(&urls[2], &acme).await));
     drop(held);
 }
+
+/// Regression (#14): 40 clients that never read, each resuming from the oldest of 1,000 events
+/// of ~4 KB, took a node from 22 to 101 MiB and it stayed at 86 MiB after they closed. Replay
+/// is paged now: a resuming session holds one page (100 events) and what the socket buffers,
+/// its live events are bounded by `SESSION_QUEUE_BYTES`, and a reader that takes nothing for a
+/// ping interval is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_clients_that_never_read_stay_within_their_byte_budgets() {
+    const CLIENTS: u64 = 40;
+    let redis = Redis::start();
+    let options = GatewayOptions::redis(&redis)
+        .env("HISTORY_SIZE", "1000")
+        .env("PING_INTERVAL_SECS", "3");
+    let node = Gateway::start(options).await;
+    let blob = "x".repeat(4000);
+    let first = publish(
+        node.port,
+        "acme",
+        "license_updated",
+        json!({ "blob": blob }),
+    )
+    .await;
+    let first = first["id"].as_str().expect("id").to_owned();
+    for _ in 1..1000 {
+        publish(
+            node.port,
+            "acme",
+            "license_updated",
+            json!({ "blob": blob }),
+        )
+        .await;
+    }
+    let token = tenant_token("acme");
+    let url = format!("{}?token={token}&lastEventId={first}", node.ws_url());
+    // A reading client resumes the whole backlog first, so the baseline includes what any
+    // resume allocates once.
+    let (mut reader, _) = WsClient::connected(&url, &token).await;
+    assert_eq!(reader.drain(Duration::from_millis(500)).await.len(), 999);
+    reader.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = node.rss_kib();
+
+    // Each client's budget: SESSION_QUEUE_BYTES (1 MiB) and the socket's 64 KiB write buffer.
+    let budget = CLIENTS * (1024 + 64);
+    let mut afters = Vec::new();
+    for round in 1..=2 {
+        let mut stalled = Vec::new();
+        for _ in 0..CLIENTS {
+            stalled.push(stalled_client_at(node.port, &url).await);
+        }
+        let mut peak = baseline;
+        let started = Instant::now();
+        // Every stalled session is dropped once its socket took nothing for a ping interval.
+        let open = || async {
+            let stats = admin_stats(node.port).await;
+            stats["nodes"][0]["connections"].as_u64()
+        };
+        while open().await != Some(0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "stalled sessions still open"
+            );
+            peak = peak.max(node.rss_kib());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dropped_after = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = node.rss_kib();
+        drop(stalled);
+        println!(
+            "round {round}: RSS with {CLIENTS} stalled resumes of 1,000 × 4 KB: baseline \
+             {baseline} KiB, peak {peak} KiB (+{} KiB, budget {budget} KiB), all dropped after \
+             {dropped_after:?}, then {after} KiB (+{} KiB)",
+            peak - baseline,
+            after.saturating_sub(baseline)
+        );
+        assert!(
+            peak - baseline <= budget,
+            "peak {peak} KiB over baseline {baseline} KiB"
+        );
+        afters.push(after);
+    }
+    // What the sessions held went back to the allocator: the second round reuses it rather
+    // than growing the process (glibc keeps some of it cached, so RSS ends above the baseline).
+    let (first, second) = (afters[0], afters[1]);
+    assert!(
+        second <= first + 4 * 1024 && first.saturating_sub(baseline) <= 16 * 1024,
+        "baseline {baseline} KiB, after the first round {first} KiB, after the second {second} KiB"
+    );
+}

@@ -15,11 +15,16 @@ use crate::WAIT;
 /// A WebSocket client on a socket with a tiny receive buffer, meant never to read: the
 /// server's writes to it stall and its queue overflows.
 pub async fn stalled_client(port: u16, url: &str, token: &str) -> Ws {
+    stalled_client_at(port, &format!("{url}?token={token}")).await
+}
+
+/// [`stalled_client`] on a URL with its whole query (a token and, say, a resume position).
+pub async fn stalled_client_at(port: u16, url: &str) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    tokio_tungstenite::client_async(format!("{url}?token={token}"), stream)
+    tokio_tungstenite::client_async(url, stream)
         .await
         .expect("stalled client upgrade")
         .0
