@@ -184,7 +184,12 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
             let connected = connect_redis(target, history, &shutdown).await;
             starting.stop().await;
             let listener = TcpListener::from_std(listener).map_err(CommandError::Listen)?;
-            (Engines::of("redis", connected?), listener)
+            let mut engine = connected?;
+            if args.redis_probe_secs > 0 {
+                let period = Duration::from_secs(args.redis_probe_secs);
+                engine = engine.with_probe(&settings.node_id, period);
+            }
+            (Engines::of("redis", engine), listener)
         }
         None => (Engines::of("memory", MemoryEngine::new(history)), listener),
     };

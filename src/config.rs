@@ -319,6 +319,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PING_INTERVAL_SECS", value_name = "PING_INTERVAL_SECS", default_value_t = 25,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_interval_secs: u64,
+    /// Seconds between subscription probes on Redis (SPEC §7.3): a subscription that delivers
+    /// nothing while connected is caught within three periods. 0 = off. Default 5.
+    #[arg(long, env = "REDIS_PROBE_SECS", value_name = "REDIS_PROBE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub redis_probe_secs: u64,
     /// Events buffered per connection before it counts as a slow consumer. Default 512.
     #[arg(long, env = "SESSION_QUEUE_LEN", value_name = "SESSION_QUEUE_LEN", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -111,6 +111,11 @@ pub fn redis_reconnected() {
     counter!("license_gateway_redis_reconnects_total").increment(1);
 }
 
+/// The subscription probe found a subscription delivering nothing while connected.
+pub fn redis_probe_failed() {
+    counter!("license_gateway_redis_probe_failures_total").increment(1);
+}
+
 /// A resume request was served from history (`replayed`) or answered `resync_required`.
 pub fn history_replay(outcome: &'static str) {
     counter!("license_gateway_history_replays_total", "outcome" => outcome).increment(1);

@@ -281,3 +281,36 @@ async fn a_tenant_whose_slot_moves_keeps_its_events() {
         .collect();
     assert_eq!(got, ids, "every event once, in order, across the move");
 }
+
+/// SPEC §7.3 on one cluster shard: the first master is reached through a proxy that silences
+/// its subscriber connections; the probe on that shard catches it, and a tenant whose slot
+/// that master owns loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_shard_subscription_is_caught_by_the_probe() {
+    let (cluster, proxy) = RedisCluster::start_with_proxy();
+    let client = cluster.client().await;
+    let slots = client
+        .cached_cluster_state()
+        .expect("slot layout")
+        .slots()
+        .to_vec();
+    let proxied: Vec<(u16, u16)> = slots
+        .iter()
+        .filter(|r| r.primary.port == proxy.port)
+        .map(|r| (r.start, r.end))
+        .collect();
+    assert!(
+        !proxied.is_empty(),
+        "the proxied node is not a master: {slots:?}"
+    );
+    let tenant = (0..)
+        .map(|k| format!("t{k}"))
+        .find(|t| {
+            let slot = fred::util::redis_keyslot(channel(t).as_bytes());
+            proxied.iter().any(|(s, e)| (*s..=*e).contains(&slot))
+        })
+        .expect("a tenant on the proxied shard");
+    let _ = client.quit().await;
+    let node = Gateway::start(GatewayOptions::cluster(&cluster).env("REDIS_PROBE_SECS", "1")).await;
+    harness::proxy::silent_subscription_is_caught(&node, &proxy, &tenant).await;
+}

@@ -564,3 +564,17 @@ async fn a_node_is_alive_from_its_first_second_whatever_redis_does() {
     .await;
     assert_eq!(client.next_json().await["id"], sent["id"]);
 }
+
+/// SPEC §7.3 on a single Redis: the subscription probe catches a subscriber connection that
+/// Redis's replies no longer reach (see `harness::proxy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_is_caught_by_the_probe_and_loses_nothing() {
+    let redis = Redis::start();
+    let proxy = SilencingProxy::start(redis.port);
+    let options = GatewayOptions {
+        redis_url: Some(format!("redis://127.0.0.1:{}", proxy.port)),
+        ..GatewayOptions::memory()
+    };
+    let node = Gateway::start(options.env("REDIS_PROBE_SECS", "1")).await;
+    harness::proxy::silent_subscription_is_caught(&node, &proxy, "acme").await;
+}

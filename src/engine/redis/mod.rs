@@ -7,11 +7,13 @@
 //! - [`broker`], [`store`], [`registry`]: the three engine roles.
 //! - [`control`]: control messages between nodes on a tenant's channel.
 //! - [`subscriber`]: the receive loop and the subscription keeper.
+//! - [`probe`]: the subscription probe that catches a subscriber gone silent.
 //! - [`topology`]: Redis Cluster slot layout.
 
 pub mod broker;
 pub mod control;
 pub mod keys;
+pub mod probe;
 pub mod registry;
 pub mod scripts;
 pub mod store;
@@ -52,6 +54,10 @@ pub struct RedisEngine {
     /// Redis Cluster: sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`), scans on every master.
     cluster: bool,
     history: HistoryConfig,
+    /// Subscription probe period (`REDIS_PROBE_SECS`); none = no probe.
+    probe_every: Option<Duration>,
+    /// This node's id (names its probe channels).
+    node_id: String,
     scripts: Scripts,
     subscriber: OnceLock<SubscriberClient>,
     state: Arc<RedisState>,
@@ -69,6 +75,12 @@ pub struct RedisState {
     subscriptions_ok: AtomicBool,
     /// Last command-connection health check succeeded.
     commands_ok: AtomicBool,
+    /// Probes sent and received back.
+    probe: probe::ProbeState,
+    /// A silent subscription was detected and no probe has come back since.
+    probe_failing: AtomicBool,
+    /// Asks the keeper to resubscribe every channel and fill the gaps (the probe's remedy).
+    resubscribe: tokio::sync::Notify,
 }
 
 impl RedisState {
@@ -121,6 +133,8 @@ impl RedisEngine {
             mode,
             cluster: url::is_cluster(url),
             history,
+            probe_every: None,
+            node_id: String::new(),
             scripts: Scripts::default(),
             subscriber: OnceLock::new(),
             state: Arc::new(RedisState::default()),
@@ -129,12 +143,27 @@ impl RedisEngine {
         Ok(engine)
     }
 
+    /// Probes this node's subscriptions every `period` once started (SPEC §7.3); `node_id`
+    /// names the probe channels.
+    pub fn with_probe(mut self, node_id: &str, period: Duration) -> Self {
+        self.probe_every = Some(period);
+        self.node_id = node_id.to_owned();
+        self
+    }
+
     /// A client builder; `subscriber` for the one that receives pub/sub messages.
     fn builder(config: &Config, mode: ConnectMode, subscriber: bool) -> Builder {
         let mut builder = Builder::from_config(config.clone());
         builder.with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_secs(2);
+            if subscriber {
+                // A subscriber connection that stops answering is closed and made anew.
+                c.unresponsive = fred::types::config::UnresponsiveConfig {
+                    max_timeout: Some(probe::UNRESPONSIVE_AFTER),
+                    interval: Duration::from_millis(500),
+                };
+            }
         });
         builder.with_performance_config(|p| {
             // Commands fail (503) instead of waiting forever while Redis is away.
@@ -185,8 +214,20 @@ impl RedisEngine {
         tracker.spawn(subscriber::receive(
             messages,
             sink.clone(),
+            self.state.clone(),
             shutdown.clone(),
         ));
+        if let Some(period) = self.probe_every {
+            tracker.spawn(probe::run(
+                self.node_id.clone(),
+                self.client.clone(),
+                sub.clone(),
+                self.state.clone(),
+                self.cluster,
+                period,
+                shutdown.clone(),
+            ));
+        }
         tracker.spawn(subscriber::keep_subscriptions(
             sub.clone(),
             self.state.clone(),
@@ -215,6 +256,7 @@ impl RedisEngine {
             && self.client.is_connected()
             && self.state.commands_ok.load(Ordering::Relaxed)
             && self.state.subscriptions_ok.load(Ordering::Relaxed)
+            && !self.state.probe_failing.load(Ordering::Relaxed)
     }
 }
 

@@ -20,6 +20,7 @@ use crate::protocol::{Payload, check_channel_payload, now_ms};
 pub async fn receive(
     mut messages: broadcast::Receiver<fred::types::Message>,
     sink: SharedSink,
+    state: std::sync::Arc<RedisState>,
     stop: CancellationToken,
 ) {
     loop {
@@ -28,6 +29,11 @@ pub async fn receive(
             m = messages.recv() => m,
         };
         match message {
+            Ok(message) if super::probe::is_probe_channel(&message.channel) => {
+                if let Some(payload) = message.value.as_bytes() {
+                    state.probe.received(&message.channel, payload);
+                }
+            }
             Ok(message) => {
                 let Some(sink) = sink.upgrade() else { break };
                 dispatch(message, sink.as_ref());
@@ -150,6 +156,9 @@ pub async fn keep_subscriptions(
                 continue;
             }
             r = events.reconnects.recv() => if r.is_err() { continue },
+            _ = state.resubscribe.notified() => {
+                tracing::info!("restoring subscriptions after a failed probe");
+            }
             c = events.changes.recv(), if cluster => {
                 if c.is_err() || slot_layout(&sub) == layout {
                     continue;
@@ -197,7 +206,8 @@ async fn restore(
     cluster: bool,
     state: &RedisState,
 ) -> Result<usize, fred::error::Error> {
-    let channels: Vec<String> = state.wanted().iter().map(|t| events_channel(t)).collect();
+    let mut channels: Vec<String> = state.wanted().iter().map(|t| events_channel(t)).collect();
+    channels.extend(state.probe.wanted());
     if cluster {
         for channel in &channels {
             sub.ssubscribe(channel.as_str()).await?;

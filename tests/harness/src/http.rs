@@ -62,3 +62,15 @@ pub async fn admin_stats(port: u16) -> Value {
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("stats JSON")
 }
+
+/// The sum of every sample of metric `name` on `/metrics` (0 when absent).
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let (status, text) = http(port, "GET", "/metrics", None, None)
+        .await
+        .expect("/metrics request");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

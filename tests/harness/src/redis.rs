@@ -1,6 +1,7 @@
 //! Real `redis-server` processes from Debian's package: one server on a free loopback port, or a
 //! 3-master/3-replica Redis Cluster. Killed and their files removed on drop.
 
+use crate::proxy::SilencingProxy;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -229,6 +230,8 @@ impl Drop for Redis {
 pub struct RedisCluster {
     nodes: Vec<(u16, Option<Child>)>,
     dir: TempDir,
+    /// A node that announces another port to clients (a proxy in front of it): (port, announced).
+    announce: Option<(u16, u16)>,
 }
 
 /// A free port whose cluster bus port (+10000) is free too.
@@ -252,11 +255,18 @@ fn rand_u32() -> u32 {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_announcing(None).0
+    }
+
+    /// A cluster whose first master is reached through a [`SilencingProxy`]: that master
+    /// announces the proxy's port, so clients connect to it only through the proxy.
+    pub fn start_with_proxy() -> (Self, SilencingProxy) {
+        let (cluster, proxy) = Self::start_announcing(Some(crate::free_port()));
+        (cluster, proxy.expect("proxy"))
+    }
+
+    fn start_announcing(proxy_port: Option<u16>) -> (Self, Option<SilencingProxy>) {
         let dir = TempDir::new("lgw-cluster");
-        let mut cluster = Self {
-            nodes: Vec::new(),
-            dir,
-        };
         let mut ports = Vec::new();
         while ports.len() < 6 {
             let p = free_cluster_port();
@@ -264,6 +274,12 @@ impl RedisCluster {
                 ports.push(p);
             }
         }
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            dir,
+            announce: proxy_port.map(|proxy| (ports[0], proxy)),
+        };
+        let proxy = proxy_port.map(|proxy| SilencingProxy::start_on(proxy, ports[0]));
         for port in ports {
             cluster.spawn(port);
         }
@@ -282,7 +298,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         cluster.wait_healthy(WAIT);
-        cluster
+        (cluster, proxy)
     }
 
     /// Starts the node on `port` and keeps its process (so drop kills it), then waits for it.
@@ -293,6 +309,12 @@ impl RedisCluster {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1500"])
             .args(["--cluster-config-file", "nodes.conf"])
+            .args(match self.announce {
+                Some((p, announced)) if p == port => {
+                    vec!["--cluster-announce-port".to_owned(), announced.to_string()]
+                }
+                _ => Vec::new(),
+            })
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&dir)
