@@ -319,7 +319,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PING_INTERVAL_SECS", value_name = "PING_INTERVAL_SECS", default_value_t = 25,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_interval_secs: u64,
-    /// Seconds between subscription probes on Redis (SPEC §7.3): a subscription that delivers
+    /// Seconds between subscription probes on Redis: a subscription that delivers
     /// nothing while connected is caught within three periods. 0 = off. Default 5.
     #[arg(long, env = "REDIS_PROBE_SECS", value_name = "REDIS_PROBE_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=3600))]

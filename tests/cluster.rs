@@ -282,7 +282,7 @@ async fn a_tenant_whose_slot_moves_keeps_its_events() {
     assert_eq!(got, ids, "every event once, in order, across the move");
 }
 
-/// SPEC §7.3 on one cluster shard: the first master is reached through a proxy that silences
+/// The subscription probe on one cluster shard: the first master is reached through a proxy that silences
 /// its subscriber connections; the probe on that shard catches it, and a tenant whose slot
 /// that master owns loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command (README): installs what the tests need when it is missing (redis-server,
+# The one test command (README): installs what the tests need when it is missing (redis-server and
+# redis-sentinel,
 # nginx, openssl, Chromium and its WebDriver, docker-compose and kubernetes-validate for offline
 # validation), then runs every test. The browser tests fail, not
 # skip, when Chromium cannot run. Tests start their own redis-server processes on free loopback ports; nothing
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

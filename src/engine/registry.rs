@@ -14,8 +14,8 @@ use super::EngineError;
 /// after this (within 30 s).
 pub const NODE_TTL: Duration = Duration::from_secs(30);
 
-/// How long a node's seats count without a refresh: a crashed node's connections stop counting
-/// after this. Refreshed every few seconds, so well under the 30 s SPEC §7.2 allows.
+/// How long a node's seats count without a refresh (every 5 s): a crashed node's connections
+/// stop counting after this.
 pub const SEAT_TTL: Duration = Duration::from_secs(20);
 
 /// One node's entry in the cluster-wide registry.

@@ -143,7 +143,7 @@ impl RedisEngine {
         Ok(engine)
     }
 
-    /// Probes this node's subscriptions every `period` once started (SPEC §7.3); `node_id`
+    /// Probes this node's subscriptions every `period` once started (docs/OPERATIONS.md); `node_id`
     /// names the probe channels.
     pub fn with_probe(mut self, node_id: &str, period: Duration) -> Self {
         self.probe_every = Some(period);

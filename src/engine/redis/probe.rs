@@ -1,4 +1,4 @@
-//! The subscription probe (SPEC §7.3): a subscriber connection can stay open while delivering
+//! The subscription probe (docs/OPERATIONS.md): a subscriber connection can stay open while delivering
 //! nothing (after a failover, or behind a middlebox that drops one direction), with publishes
 //! succeeding and every health check green. Every probe period the node publishes a probe on a
 //! channel of its own — one per master on a cluster, so each shard's subscription is checked —

@@ -17,6 +17,7 @@ pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod server;
 pub mod tokens;
 pub mod ws;
@@ -33,6 +34,7 @@ pub use otlp::OtlpReceiver;
 pub use process::{TempDir, binary, eventually, free_port, run_cli};
 pub use proxy::SilencingProxy;
 pub use redis::{Redis, RedisCluster};
+pub use sentinel::RedisSentinel;
 pub use tokens::*;
 pub use ws::*;
 

@@ -1,5 +1,5 @@
 //! A TCP proxy between gateways and a Redis server that can make subscriptions go silent
-//! (SPEC §7.3): connections on which the client sent `SUBSCRIBE` or `SSUBSCRIBE` are
+//! (see docs/OPERATIONS.md): connections on which the client sent `SUBSCRIBE` or `SSUBSCRIBE` are
 //! remembered, and [`SilencingProxy::silence_subscribers`] keeps them open while dropping
 //! everything Redis sends on them — what a failover or a half-broken middlebox does to a
 //! subscriber. Connections made later are not affected. Runs on its own thread; stops on drop.
@@ -136,7 +136,7 @@ async fn relay(client: TcpStream, target: u16, subscribers: Arc<Mutex<Vec<Arc<At
     }
 }
 
-/// The scenario the probe tests share (single Redis, a cluster shard). SPEC §7.3: a subscriber connection that stays open but delivers nothing (a proxy drops what
+/// The scenario the probe tests share (single Redis, a cluster shard): a subscriber connection that stays open but delivers nothing (a proxy drops what
 /// Redis sends on it) is caught by the probe within three periods: readiness 503 meanwhile,
 /// the failure counted, the node resubscribes on a new connection, and every event published
 /// while it was deaf reaches the client once, in order.
