@@ -45,6 +45,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub(crate) mod engine;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod license;
 pub mod loadtest;

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The one test command (README): installs what the tests need when it is missing (redis-server and
-# redis-sentinel,
-# nginx, openssl, Chromium and its WebDriver, docker-compose and kubernetes-validate for offline
-# validation), then runs every test. The browser tests fail, not
-# skip, when Chromium cannot run. Tests start their own redis-server processes on free loopback ports; nothing
-# needs to be running beforehand.
+# The one test command (README): installs what the tests need when it is missing (redis-server,
+# redis-sentinel, nginx, openssl, Chromium and its WebDriver, docker-compose and
+# kubernetes-validate for offline validation, cargo-fuzz), then runs every test and every fuzz
+# target for a bounded time. The browser tests fail, not skip, when Chromium cannot run. Tests
+# start their own redis-server processes on free loopback ports; nothing needs to be running
+# beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +31,9 @@ if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
 fi
 
 cargo test --all-targets "$@"
+
+# Every fuzz target for a bounded time, from the checked-in corpus (tests/fuzz/README.md);
+# FUZZ_SECS=0 skips it (the corpus itself still runs in `cargo test`, fuzzing::tests).
+if [ "${FUZZ_SECS:-30}" != 0 ]; then
+  bash tests/fuzz/run.sh
+fi

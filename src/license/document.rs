@@ -326,6 +326,18 @@ mod tests {
         }
     }
 
+    /// Regression (found by the `license_body` fuzz target): a limit such as `1.88e28` came
+    /// back from storage as `1.8800000000000001e28`; serde_json now parses floats exactly.
+    #[test]
+    fn stored_limits_read_back_exactly() {
+        let mut body =
+            json!({"tenantId": "acme", "plan": "x", "expiresAt": "2027-01-01T00:00:00Z"});
+        body["limits"] = serde_json::from_str(r#"{"a": 1.88e28, "b": 0.1, "c": 50.5}"#).unwrap();
+        let license = License::parse("acme", &body).unwrap();
+        let stored = serde_json::to_string(&license).unwrap();
+        assert_eq!(License::from_stored(&stored).unwrap(), license);
+    }
+
     #[test]
     fn more_than_100_metrics_are_refused() {
         let many: Map<String, Value> = (0..=MAX_METRICS)

@@ -310,13 +310,13 @@ mod tests {
 
     #[test]
     fn channel_payloads_are_checked() {
-        let ok = br#"{"id":"1-0","type":"x","tenantId":"acme"}"#;
+        let ok = br#"{"id":"1-0","type":"license_updated","tenantId":"acme"}"#;
         assert_eq!(
             check_channel_payload("acme", ok).unwrap().id,
-            Some("1-0".parse().unwrap())
+            "1-0".parse().unwrap()
         );
         assert!(check_channel_payload("other", ok).is_err());
-        let stamped = br#"{"type":"x","tenantId":"acme","timestamp":"1970-01-01T00:00:01.500Z"}"#;
+        let stamped = br#"{"id":"1-0","type":"license_expired","tenantId":"acme","timestamp":"1970-01-01T00:00:01.500Z"}"#;
         assert_eq!(
             check_channel_payload("acme", stamped).unwrap().published_ms,
             Some(1500)
@@ -327,6 +327,12 @@ mod tests {
             b"{\"type\":1,\"tenantId\":\"acme\"}",
             b"{\"type\":\"x\"}",
             b"\xff",
+            // Another publisher's own messages: no id, an unknown type, a malformed id.
+            b"{\"type\":\"license_updated\",\"tenantId\":\"acme\"}",
+            b"{\"id\":\"1-0\",\"type\":\"custom\",\"tenantId\":\"acme\"}",
+            b"{\"id\":\"x\",\"type\":\"license_updated\",\"tenantId\":\"acme\"}",
+            // Non-UTF-8 inside a field the check does not read.
+            b"{\"id\":\"1-0\",\"type\":\"license_updated\",\"tenantId\":\"acme\",\"x\":\"\xad\"}",
         ] {
             assert!(check_channel_payload("acme", bad).is_err());
         }

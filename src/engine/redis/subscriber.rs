@@ -100,7 +100,7 @@ fn dispatch(message: fred::types::Message, sink: &dyn crate::engine::EventSink) 
                 otel.kind = "consumer",
                 messaging.system = "redis",
                 messaging.destination.name = channel,
-                messaging.message.id = checked.id.map(tracing::field::display),
+                messaging.message.id = %checked.id,
                 tenant
             );
             crate::telemetry::set_remote_parent(&span, parent);
@@ -108,7 +108,7 @@ fn dispatch(message: fred::types::Message, sink: &dyn crate::engine::EventSink) 
         }
         _ => tracing::Span::none(),
     };
-    let id = checked.id;
+    let id = Some(checked.id);
     drop(checked);
     let _entered = receive_span.entered();
     match Payload::try_from(bytes) {
