@@ -1,6 +1,6 @@
-//! Entry points for the fuzz targets (`tests/fuzz`, feature `fuzzing`) and for the corpus
-//! regression test: each feeds arbitrary bytes to a parser that takes outside input and checks
-//! what must hold of whatever it accepts. A panic anywhere is a finding.
+//! Entry points for the fuzz targets (`tests/fuzz`; public for them, hidden from the docs) and
+//! for the corpus regression test: each feeds arbitrary bytes to a parser that takes outside
+//! input and checks what must hold of whatever it accepts. A panic anywhere is a finding.
 
 use std::str::FromStr;
 

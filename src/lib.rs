@@ -28,6 +28,8 @@
 //! - [`loadtest`]: the `loadtest` load generator (BENCHMARKS.md).
 //! - [`commands`]: what each subcommand does.
 //! - [`cli`]: the command line; `main.rs` only parses and dispatches.
+//! - [`fuzzing`]: entry points of the fuzz targets (`tests/fuzz`), public for them; unit tests
+//!   replay the checked-in corpus through them.
 //!
 //! `docs/ARCHITECTURE.md` follows one event and one client through these modules.
 //!
@@ -45,7 +47,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub(crate) mod engine;
-#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod license;
