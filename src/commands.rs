@@ -17,7 +17,7 @@ use crate::config::{
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::url::RedisTarget;
 use crate::engine::redis::{ConnectMode, RedisEngine};
-use crate::engine::{EngineError, Engines, HistoryConfig};
+use crate::engine::{Applied, EngineError, Engines, HistoryConfig, IdempotencyKey};
 use crate::gateway::Settings;
 use crate::gateway::client_ip::TrustedProxies;
 use crate::gateway::rate::Rate;
@@ -149,6 +149,7 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         client_rate: Rate::new(args.client_msg_rate()?, args.client_msg_burst),
         max_connections_per_ip: args.max_connections_per_ip,
         max_connections_per_tenant: args.max_connections_per_tenant,
+        idempotency_ttl: args.idempotency.ttl(),
         trusted_proxies: TrustedProxies::parse(args.trusted_proxies.as_deref().unwrap_or(""))
             .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?,
     };
@@ -302,6 +303,13 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
         .event_type
         .parse()
         .map_err(|e: crate::protocol::UnknownEventType| CommandError::Usage(e.to_string()))?;
+    if let Some(key) = &args.idempotency_key
+        && !IdempotencyKey::valid(key)
+    {
+        return Err(CommandError::Usage(
+            "--idempotency-key must be 1-128 printable ASCII characters".into(),
+        ));
+    }
     let data = match &args.data {
         None => Map::new(),
         Some(raw) => match serde_json::from_str::<Value>(raw) {
@@ -324,8 +332,28 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
     let history = HistoryConfig::from_args(&args.history);
     let engine = RedisEngine::connect(&target, history, ConnectMode::OneShot).await?;
     let draft = EventDraft::new(args.tenant.clone(), event_type, data);
-    let published = crate::engine::Broker::publish(&engine, &draft).await?;
-    Ok(published.id.to_string())
+    let Some(key) = &args.idempotency_key else {
+        let published = crate::engine::Broker::publish(&engine, &draft).await?;
+        return Ok(published.id.to_string());
+    };
+    let key = IdempotencyKey {
+        key: key.clone(),
+        fingerprint: draft.fingerprint(),
+        ttl: args.idempotency.ttl(),
+    };
+    match crate::engine::Broker::publish_idempotent(&engine, &draft, &key).await? {
+        Applied::Done(published) if published.len() == 1 => Ok(published[0].id.to_string()),
+        Applied::Replayed(published) => {
+            tracing::info!(id = %published.id, "idempotency key seen before: nothing published");
+            Ok(published.id.to_string())
+        }
+        Applied::KeyReused => Err(CommandError::Usage(
+            "--idempotency-key was used for a different event of this tenant".into(),
+        )),
+        other => {
+            Err(EngineError::Protocol(format!("idempotent publish answered {other:?}")).into())
+        }
+    }
 }
 
 /// `worker`: one pass (`--once`) or a loop until SIGTERM/SIGINT.

@@ -336,6 +336,9 @@ pub struct ServeArgs {
     /// History retention.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// How long publishers' idempotency keys are remembered.
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
     /// This node's id in stats and `connected` messages; default: host name plus a random suffix.
     #[arg(long, env = "NODE_ID", value_name = "NODE_ID")]
     pub node_id: Option<String>,
@@ -466,6 +469,30 @@ pub struct PublishArgs {
     /// History retention applied when trimming.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// A key that makes retries safe: a repeat with the same key and the same event prints the
+    /// first publish's id and publishes nothing; with another event it fails (exit 2).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// How long the key is remembered.
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
+}
+
+/// How long publishers' idempotency keys are remembered, per tenant.
+#[derive(Debug, Clone, Args)]
+pub struct IdempotencyArgs {
+    /// Seconds an idempotency key is remembered: a retry within it gets the original event.
+    /// Default 86400.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", value_name = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub idempotency_ttl_secs: u64,
+}
+
+impl IdempotencyArgs {
+    /// The ttl as a duration.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_ttl_secs)
+    }
 }
 
 /// A configuration value that cannot be used; displays as one line naming the variable.

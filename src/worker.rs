@@ -138,6 +138,7 @@ impl Validator {
                         conflict = true;
                         break;
                     }
+                    other => return Err(unexpected(other).into()),
                 }
             }
             if conflict {
@@ -166,6 +167,7 @@ impl Validator {
                 set: plan.set,
             }],
             events: drafts(tenant, plan.events),
+            idempotency: None,
         };
         self.store.apply(tenant, &change).await
     }
@@ -193,9 +195,13 @@ impl Validator {
                 doc: new_json.clone().map_or(DocWrite::Delete, DocWrite::Set),
                 notices: Vec::new(),
                 events: drafts(tenant, rules::diff(old.as_ref(), license)),
+                idempotency: None,
             };
             match self.store.apply(tenant, &change).await? {
                 Applied::Conflict => continue,
+                other @ (Applied::Replayed(_) | Applied::KeyReused) => {
+                    return Err(unexpected(other).into());
+                }
                 Applied::Done(mut published) => {
                     match self.check_tenant(tenant).await {
                         Ok(more) => published.extend(more),
@@ -313,6 +319,13 @@ pub struct PassSummary {
     pub failed: usize,
 }
 
+/// An idempotency outcome from a change that carried no key: the engine broke its contract.
+fn unexpected(applied: Applied) -> EngineError {
+    EngineError::Protocol(format!(
+        "change without an idempotency key answered {applied:?}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -339,6 +352,7 @@ mod tests {
             doc: DocWrite::Set(license.to_json()),
             notices: Vec::new(),
             events: Vec::new(),
+            idempotency: None,
         };
         engine.apply("acme", &stored).await.expect("store");
         let validators: Vec<Validator> = (0..4)

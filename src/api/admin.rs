@@ -7,14 +7,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::auth::{AdminAuth, valid_tenant_id};
-use crate::engine::{Control, NodeStats};
+use crate::engine::{Applied, Control, EngineError, IdempotencyKey, NodeStats, Published};
 use crate::gateway::Node;
 use crate::protocol::{EventDraft, EventType};
 
@@ -73,19 +73,76 @@ pub async fn publish_event(
     State(node): State<Arc<Node>>,
     _admin: AdminAuth,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     tenant_from_path(&tenant)?;
+    let key = idempotency_header(&headers)?;
     let body = body.map_err(ApiError::from_body)?;
     let draft = parse_publish(&tenant, &body)?;
-    let published = node.broker.publish(&draft).await?;
-    tracing::info!(%tenant, event_type = %draft.event_type, id = %published.id, "event published via API");
-    Ok((
-        StatusCode::CREATED,
+    let Some(key) = key else {
+        let published = node.broker.publish(&draft).await?;
+        tracing::info!(%tenant, event_type = %draft.event_type, id = %published.id, "event published via API");
+        return Ok(envelope_response(StatusCode::CREATED, &published, false));
+    };
+    let key = IdempotencyKey {
+        key: key.to_owned(),
+        fingerprint: draft.fingerprint(),
+        ttl: node.settings.idempotency_ttl,
+    };
+    match node.broker.publish_idempotent(&draft, &key).await? {
+        Applied::Done(published) if published.len() == 1 => {
+            let published = &published[0];
+            tracing::info!(%tenant, event_type = %draft.event_type, id = %published.id, "event published via API (idempotency key)");
+            Ok(envelope_response(StatusCode::CREATED, published, false))
+        }
+        Applied::Replayed(published) => {
+            tracing::info!(%tenant, id = %published.id, "idempotent publish replayed");
+            Ok(envelope_response(StatusCode::OK, &published, true))
+        }
+        Applied::KeyReused => Err(ApiError::Unprocessable {
+            code: "idempotency_key_reused",
+            message: "this Idempotency-Key was used for a different event of this tenant".into(),
+        }),
+        other => {
+            Err(EngineError::Protocol(format!("idempotent publish answered {other:?}")).into())
+        }
+    }
+}
+
+/// The `Idempotency-Key` header, if sent: 1–128 printable ASCII characters.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if IdempotencyKey::valid(key) => Ok(Some(key)),
+        _ => Err(ApiError::field(
+            "invalid_header",
+            IDEMPOTENCY_KEY,
+            "Idempotency-Key must be 1-128 printable ASCII characters",
+        )),
+    }
+}
+
+/// The header of a publisher's idempotency key.
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// A publish answer: the envelope, and on a replay `Idempotent-Replayed: true`.
+fn envelope_response(status: StatusCode, published: &Published, replayed: bool) -> Response {
+    let mut response = (
+        status,
         [(header::CONTENT_TYPE, "application/json")],
         published.payload.as_str().to_owned(),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 /// Body of `POST /api/admin/tenants/{tenant}/disconnect`.

@@ -37,6 +37,14 @@ pub enum ApiError {
     /// 413.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// 422: well-formed, but in conflict with an earlier request.
+    #[error("{message}")]
+    Unprocessable {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What conflicts.
+        message: String,
+    },
     /// 503: the engine cannot make the change durable now.
     #[error("engine unavailable")]
     Unavailable(#[from] EngineError),
@@ -104,6 +112,9 @@ impl IntoResponse for ApiError {
                 None,
             ),
             Self::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message, None),
+            Self::Unprocessable { code, message } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, message, None)
+            }
             Self::TooLarge(n) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

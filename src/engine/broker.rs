@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::EngineError;
+use super::store::{Applied, IdempotencyKey};
 use crate::protocol::{EventDraft, EventId, Payload};
 
 /// An event as the engine stored it: the id it assigned and the exact envelope bytes, shared
@@ -104,6 +105,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Appends the event to the tenant's history and publishes it on the tenant's channel, as
     /// one atomic step; returns the assigned id and the envelope.
     async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError>;
+
+    /// [`Broker::publish`] unless `key` was used before for this tenant within its ttl: then
+    /// nothing is published, and the outcome is [`Applied::Replayed`] with the earlier event
+    /// (the same request) or [`Applied::KeyReused`] (another one). The key is recorded in the
+    /// same atomic step as the event.
+    async fn publish_idempotent(
+        &self,
+        draft: &EventDraft,
+        key: &IdempotencyKey,
+    ) -> Result<Applied, EngineError>;
 
     /// Sends a control message to every node subscribed to `tenant` (this one included), once,
     /// without touching the history.

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     Applied, Broker, Change, Control, DocWrite, EngineError, EventSink, Expect, History,
-    HistoryConfig, LicenseStore, NodeRegistry, NodeStats, Position, Published, TenantRecord, store,
+    HistoryConfig, IDEMPOTENCY_MAX_KEYS, IdempotencyKey, LicenseStore, NodeRegistry, NodeStats,
+    Position, Published, TenantRecord, store,
 };
 use crate::protocol::{EventDraft, EventId, Payload, now_ms};
 
@@ -20,6 +22,37 @@ struct TenantLog {
     last: Option<EventId>,
     entries: VecDeque<(EventId, Payload)>,
     record: TenantRecord,
+    /// Idempotency keys: key → (fingerprint, the event, when the key is forgotten).
+    keys: HashMap<String, (String, Published, Instant)>,
+}
+
+impl TenantLog {
+    /// What an earlier publish with `key` settles for this one, if anything (expired keys are
+    /// forgotten first).
+    fn idempotent_outcome(&mut self, key: &IdempotencyKey) -> Option<Applied> {
+        let now = Instant::now();
+        self.keys.retain(|_, (_, _, until)| *until > now);
+        let (fingerprint, published, _) = self.keys.get(&key.key)?;
+        Some(if *fingerprint == key.fingerprint {
+            Applied::Replayed(published.clone())
+        } else {
+            Applied::KeyReused
+        })
+    }
+
+    /// Remembers `key` for `published`, forgetting the soonest to expire beyond the cap.
+    fn remember(&mut self, key: &IdempotencyKey, published: &Published) {
+        let until = Instant::now() + key.ttl;
+        let entry = (key.fingerprint.clone(), published.clone(), until);
+        self.keys.insert(key.key.clone(), entry);
+        while self.keys.len() > IDEMPOTENCY_MAX_KEYS {
+            let soonest = self.keys.iter().min_by_key(|(_, (_, _, until))| *until);
+            let Some(soonest) = soonest.map(|(k, _)| k.clone()) else {
+                break;
+            };
+            self.keys.remove(&soonest);
+        }
+    }
 }
 
 /// In-memory engine for single-node mode.
@@ -101,6 +134,15 @@ impl Broker for MemoryEngine {
         store::single(self.apply(&draft.tenant, &change).await?)
     }
 
+    async fn publish_idempotent(
+        &self,
+        draft: &EventDraft,
+        key: &IdempotencyKey,
+    ) -> Result<Applied, EngineError> {
+        let change = Change::publish(vec![draft.clone()]).with_idempotency(key.clone());
+        self.apply(&draft.tenant, &change).await
+    }
+
     async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {
         if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
             sink.control(tenant, control.clone());
@@ -166,6 +208,13 @@ impl LicenseStore for MemoryEngine {
     async fn apply(&self, tenant: &str, change: &Change) -> Result<Applied, EngineError> {
         let mut tenants = self.lock_tenants()?;
         let log = tenants.entry(tenant.to_owned()).or_default();
+        if let Some(outcome) = change
+            .idempotency
+            .as_ref()
+            .and_then(|key| log.idempotent_outcome(key))
+        {
+            return Ok(outcome);
+        }
         let record = &mut log.record;
         let doc_ok = match &change.doc_expect {
             Expect::Any => true,
@@ -191,11 +240,14 @@ impl LicenseStore for MemoryEngine {
             };
         }
         let trace = crate::telemetry::current_traceparent();
-        let published = change
+        let published: Vec<Published> = change
             .events
             .iter()
             .map(|draft| self.append(log, draft, trace.as_deref()))
             .collect();
+        if let (Some(key), [one]) = (&change.idempotency, published.as_slice()) {
+            log.remember(key, one);
+        }
         Ok(Applied::Done(published))
     }
 
@@ -380,6 +432,7 @@ mod tests {
             doc: DocWrite::Set("{}".into()),
             notices: vec![swap(expect, set)],
             events: vec![draft.clone()],
+            idempotency: None,
         };
         assert!(
             matches!(engine.apply("acme", &change(None, "1")).await, Ok(Applied::Done(p)) if p.len() == 1)
@@ -409,5 +462,59 @@ mod tests {
         engine.release_seat("acme", "n").await.unwrap();
         assert!(engine.claim_seat("acme", "n", 2).await.unwrap());
         assert!(!engine.claim_seat("acme", "n", 2).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_replay_refuse_expire_and_stay_bounded() {
+        let engine = engine(100);
+        let draft = EventDraft::new("acme", EventType::LicenseUpdated, Default::default());
+        let key = |k: &str, fingerprint: &str, ttl_ms: u64| IdempotencyKey {
+            key: k.into(),
+            fingerprint: fingerprint.into(),
+            ttl: Duration::from_millis(ttl_ms),
+        };
+        let Applied::Done(first) = engine
+            .publish_idempotent(&draft, &key("k", "a", 60_000))
+            .await
+            .unwrap()
+        else {
+            panic!("first publish");
+        };
+        match engine
+            .publish_idempotent(&draft, &key("k", "a", 60_000))
+            .await
+            .unwrap()
+        {
+            Applied::Replayed(p) => assert_eq!(p.id, first[0].id),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            engine
+                .publish_idempotent(&draft, &key("k", "b", 60_000))
+                .await
+                .unwrap(),
+            Applied::KeyReused
+        ));
+        // Expired keys publish anew.
+        engine
+            .publish_idempotent(&draft, &key("short", "a", 1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(matches!(
+            engine
+                .publish_idempotent(&draft, &key("short", "a", 1))
+                .await
+                .unwrap(),
+            Applied::Done(_)
+        ));
+        // Bounded: beyond the cap the soonest to expire ("k", 60 s against 120 s) goes first.
+        for i in 0..IDEMPOTENCY_MAX_KEYS {
+            let k = key(&format!("bulk-{i}"), "a", 120_000);
+            engine.publish_idempotent(&draft, &k).await.unwrap();
+        }
+        let tenants = engine.lock_tenants().unwrap();
+        assert_eq!(tenants["acme"].keys.len(), IDEMPOTENCY_MAX_KEYS);
+        assert!(!tenants["acme"].keys.contains_key("k"));
     }
 }

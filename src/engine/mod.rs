@@ -23,7 +23,10 @@ use std::time::Duration;
 
 pub use broker::{Broker, Control, EventSink, History, Position, Published};
 pub use registry::{NODE_TTL, NodeRegistry, NodeStats, SEAT_TTL};
-pub use store::{Applied, Change, DocWrite, Expect, FieldSwap, LicenseStore, TenantRecord};
+pub use store::{
+    Applied, Change, DocWrite, Expect, FieldSwap, IDEMPOTENCY_MAX_KEYS, IdempotencyKey,
+    LicenseStore, TenantRecord,
+};
 
 /// History retention (`HISTORY_SIZE`, `HISTORY_TTL_SECS`).
 #[derive(Debug, Clone, Copy)]

@@ -4,6 +4,7 @@
 //! validators run.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -61,6 +62,31 @@ pub struct FieldSwap {
     pub set: Option<String>,
 }
 
+/// A publisher's idempotency key (`Idempotency-Key`, `publish --idempotency-key`): recorded in
+/// the same atomic step as the event, so a retry with the same key and the same request gets
+/// the original event instead of a second one, on any node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyKey {
+    /// The key, 1–128 printable ASCII characters, scoped to the tenant.
+    pub key: String,
+    /// What was asked for ([`EventDraft::fingerprint`]): the same key with another request is
+    /// refused.
+    pub fingerprint: String,
+    /// How long the key is remembered.
+    pub ttl: Duration,
+}
+
+/// Idempotency keys remembered per tenant at most; beyond it the soonest to expire is forgotten
+/// first (and a retry with it would publish anew).
+pub const IDEMPOTENCY_MAX_KEYS: usize = 10_000;
+
+impl IdempotencyKey {
+    /// Checks a presented key: 1–128 printable ASCII characters (space included).
+    pub fn valid(key: &str) -> bool {
+        (1..=128).contains(&key.len()) && key.bytes().all(|b| (0x20..0x7f).contains(&b))
+    }
+}
+
 /// An atomic change of a tenant's state: every condition holds and everything is applied and
 /// published, or nothing is (a publish is never half-applied; notices go out once).
 #[derive(Debug, Clone)]
@@ -73,6 +99,8 @@ pub struct Change {
     pub notices: Vec<FieldSwap>,
     /// Events to append to the history and publish, in order, all of the change's tenant.
     pub events: Vec<EventDraft>,
+    /// For a one-event publish: apply only if the key is new (see [`Applied::Replayed`]).
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 impl Change {
@@ -83,7 +111,14 @@ impl Change {
             doc: DocWrite::Keep,
             notices: Vec::new(),
             events,
+            idempotency: None,
         }
+    }
+
+    /// This change (one event), applied only if `key` was not used before.
+    pub fn with_idempotency(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency = Some(key);
+        self
     }
 }
 
@@ -94,6 +129,11 @@ pub enum Applied {
     Done(Vec<Published>),
     /// A condition did not hold (someone else changed the state first); nothing was applied.
     Conflict,
+    /// The idempotency key was used before for the same request: nothing was applied; this is
+    /// the event that request published.
+    Replayed(Published),
+    /// The idempotency key was used before for another request: nothing was applied.
+    KeyReused,
 }
 
 /// License documents, usage, notice state and deadlines.

@@ -56,6 +56,8 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     /// Connections per tenant across the cluster; 0 = none.
     pub max_connections_per_tenant: usize,
+    /// How long a publisher's idempotency key is remembered.
+    pub idempotency_ttl: Duration,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client_ip::TrustedProxies,
 }
@@ -80,6 +82,7 @@ impl Settings {
             client_rate: rate::Rate::new(10.0, 20),
             max_connections_per_ip: 0,
             max_connections_per_tenant: 0,
+            idempotency_ttl: Duration::from_secs(86_400),
             trusted_proxies: client_ip::TrustedProxies::default(),
         }
     }

@@ -384,6 +384,13 @@ impl Broker for NoHistory {
     async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
         self.inner.publish(draft).await
     }
+    async fn publish_idempotent(
+        &self,
+        draft: &EventDraft,
+        key: &crate::engine::IdempotencyKey,
+    ) -> Result<crate::engine::Applied, EngineError> {
+        self.inner.publish_idempotent(draft, key).await
+    }
     async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {
         self.inner.publish_control(tenant, control).await
     }

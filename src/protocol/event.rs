@@ -176,6 +176,18 @@ impl EventDraft {
         }
     }
 
+    /// What a publisher asked for, as a hex SHA-256 of the type and the data (objects' keys in
+    /// sorted order): an idempotency key may be reused only for the same request.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.event_type.as_str().as_bytes());
+        hash.update(b"\n");
+        // A map of JSON values always serializes.
+        hash.update(serde_json::to_vec(&self.data).unwrap_or_default());
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The envelope JSON split around the id: `prefix + id + suffix` is the full envelope, with
     /// `id` as the first field (the documented field order). `traceparent` (W3C trace context, only
     /// while traces are exported) becomes a last field, an extension clients may ignore.

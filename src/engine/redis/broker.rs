@@ -9,7 +9,9 @@ use tokio_util::task::TaskTracker;
 use super::keys::{events_channel, history_key};
 use super::{RedisEngine, SharedSink, unavailable};
 use crate::engine::store::{self, LicenseStore};
-use crate::engine::{Broker, Change, Control, EngineError, History, Position, Published};
+use crate::engine::{
+    Applied, Broker, Change, Control, EngineError, History, IdempotencyKey, Position, Published,
+};
 use crate::protocol::{EventDraft, EventId, Payload};
 
 #[async_trait]
@@ -26,6 +28,15 @@ impl Broker for RedisEngine {
     async fn publish(&self, draft: &EventDraft) -> Result<Published, EngineError> {
         let change = Change::publish(vec![draft.clone()]);
         store::single(self.apply(&draft.tenant, &change).await?)
+    }
+
+    async fn publish_idempotent(
+        &self,
+        draft: &EventDraft,
+        key: &IdempotencyKey,
+    ) -> Result<Applied, EngineError> {
+        let change = Change::publish(vec![draft.clone()]).with_idempotency(key.clone());
+        self.apply(&draft.tenant, &change).await
     }
 
     async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {

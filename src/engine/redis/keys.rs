@@ -44,6 +44,16 @@ pub fn seats_key(t: &str) -> String {
     format!("license:seats:{{{t}}}")
 }
 
+/// Idempotency keys of tenant `t`: key → `fingerprint\nid\nenvelope`.
+pub fn idempotency_key(t: &str) -> String {
+    format!("license:idem:{{{t}}}")
+}
+
+/// When each idempotency key of tenant `t` is forgotten: key scored by expiry (ms).
+pub fn idempotency_expiry_key(t: &str) -> String {
+    format!("license:idem-exp:{{{t}}}")
+}
+
 /// Sorted set of tenants scored by when they next owe a notice (ms).
 pub const DEADLINES_KEY: &str = "license:deadlines";
 

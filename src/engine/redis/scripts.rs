@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use fred::types::scripts::Script;
 use serde::Deserialize;
 
-use crate::engine::{Change, DocWrite, Expect};
+use crate::engine::{Change, DocWrite, Expect, IDEMPOTENCY_MAX_KEYS};
 
 /// The engine's scripts, loaded once (EVALSHA, reloaded when the server lost them).
 pub struct Scripts {
@@ -51,6 +51,19 @@ pub struct ApplySpec<'a> {
     notices: Vec<SwapSpec<'a>>,
     /// Each event's envelope before and after its id (the script fills the id in).
     events: &'a [(String, String)],
+    /// The publisher's idempotency key, if any.
+    idem: Option<IdemSpec<'a>>,
+}
+
+/// An idempotency key as `apply.lua` reads it.
+#[derive(serde::Serialize)]
+struct IdemSpec<'a> {
+    key: &'a str,
+    fp: &'a str,
+    /// Milliseconds the key is remembered.
+    ttl: u64,
+    /// Keys remembered per tenant at most.
+    max: usize,
 }
 
 #[derive(serde::Serialize)]
@@ -88,6 +101,12 @@ impl<'a> ApplySpec<'a> {
                 })
                 .collect(),
             events,
+            idem: change.idempotency.as_ref().map(|k| IdemSpec {
+                key: &k.key,
+                fp: &k.fingerprint,
+                ttl: k.ttl.as_millis().max(1) as u64,
+                max: IDEMPOTENCY_MAX_KEYS,
+            }),
         }
     }
 }

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use fred::prelude::*;
 
 use super::keys::{
-    DEADLINES_KEY, DOC_PATTERN, doc_key, events_channel, history_key, notices_key,
-    tenant_of_doc_key, usage_key,
+    DEADLINES_KEY, DOC_PATTERN, doc_key, events_channel, history_key, idempotency_expiry_key,
+    idempotency_key, notices_key, tenant_of_doc_key, usage_key,
 };
 use super::scripts::{ApplySpec, LoadedRecord};
 use super::{RedisEngine, unavailable};
@@ -30,6 +30,8 @@ impl LicenseStore for RedisEngine {
             events_channel(tenant),
             doc_key(tenant),
             notices_key(tenant),
+            idempotency_key(tenant),
+            idempotency_expiry_key(tenant),
         ];
         let args: Vec<Value> = vec![
             (self.history.size as i64).into(),
@@ -143,6 +145,16 @@ impl LicenseStore for RedisEngine {
 fn parse_applied(reply: &[String], parts: Vec<(String, String)>) -> Result<Applied, EngineError> {
     match reply.split_first() {
         Some((status, _)) if status == "conflict" => Ok(Applied::Conflict),
+        Some((status, _)) if status == "reused" => Ok(Applied::KeyReused),
+        Some((status, rest)) if status == "replayed" && rest.len() == 2 => {
+            let id: EventId = rest[0].parse().map_err(|_| {
+                EngineError::Protocol(format!("apply script replayed id {:?}", rest[0]))
+            })?;
+            Ok(Applied::Replayed(Published {
+                id,
+                payload: Payload::from(rest[1].as_str()),
+            }))
+        }
         Some((status, ids)) if status == "ok" && ids.len() == parts.len() => {
             let mut published = Vec::with_capacity(ids.len());
             for (id, (prefix, suffix)) in ids.iter().zip(parts) {

@@ -74,3 +74,41 @@ pub async fn metric(port: u16, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// What a publish with an `Idempotency-Key` got back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyedPublish {
+    pub status: u16,
+    /// `Idempotent-Replayed: true` was sent.
+    pub replayed: bool,
+    pub body: String,
+}
+
+/// `POST /api/admin/tenants/{tenant}/events` with `Idempotency-Key: key` and a raw body.
+pub async fn publish_with_key(
+    port: u16,
+    tenant: &str,
+    key: &str,
+    body: &str,
+) -> Result<KeyedPublish, reqwest::Error> {
+    let response = client()
+        .post(format!(
+            "http://127.0.0.1:{port}/api/admin/tenants/{tenant}/events"
+        ))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .bearer_auth(admin_key())
+        .body(body.to_owned())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    Ok(KeyedPublish {
+        status,
+        replayed,
+        body: response.text().await?,
+    })
+}

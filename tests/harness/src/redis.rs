@@ -204,6 +204,18 @@ impl Redis {
         }
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: commands sent meanwhile wait in its
+    /// socket buffers and run when it is thawed.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} redis-server");
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();

@@ -3,11 +3,36 @@
 -- because the stored envelope must contain its own id: the server clock's millisecond, or one
 -- sequence number past the newest entry when the clock has not moved on.
 --
--- KEYS: history stream, channel, document, notice hash.
+-- An idempotency key (spec.idem, one-event publishes) is looked up first and recorded with the
+-- event: a key seen before answers the earlier event (same fingerprint) or 'reused'.
+--
+-- KEYS: history stream, channel, document, notice hash, idempotency hash (key →
+-- 'fingerprint\nid\nenvelope'), idempotency expiry set (key scored by expiry ms).
 -- ARGV: max length, ttl in ms, publish command (PUBLISH, or SPUBLISH on a cluster), the change
--- as JSON ({doc_check, doc_expect, doc_write, doc_set, notices, events: [[prefix, suffix]]}).
--- Reply: {'ok', id…} | {'conflict'}.
+-- as JSON ({doc_check, doc_expect, doc_write, doc_set, notices, events: [[prefix, suffix]],
+-- idem: {key, fp, ttl, max} | null}).
+-- Reply: {'ok', id…} | {'conflict'} | {'replayed', id, envelope} | {'reused'}.
 local spec = cjson.decode(ARGV[4])
+local idem = spec.idem
+local now_ms
+if type(idem) == 'table' then
+  local t = redis.call('TIME')
+  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- Forget expired keys, a bounded batch per call (the rest go on later calls).
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms, 'LIMIT', 0, 100)
+  for _, k in ipairs(expired) do
+    redis.call('HDEL', KEYS[5], k)
+    redis.call('ZREM', KEYS[6], k)
+  end
+  local until_ms = redis.call('ZSCORE', KEYS[6], idem.key)
+  local stored = redis.call('HGET', KEYS[5], idem.key)
+  if stored and until_ms and tonumber(until_ms) > now_ms then
+    local fp_end = string.find(stored, '\n', 1, true)
+    local id_end = string.find(stored, '\n', fp_end + 1, true)
+    if string.sub(stored, 1, fp_end - 1) ~= idem.fp then return {'reused'} end
+    return {'replayed', string.sub(stored, fp_end + 1, id_end - 1), string.sub(stored, id_end + 1)}
+  end
+end
 local function holds(current, expected)
   if expected == cjson.null then return current == false end
   return current == expected
@@ -38,13 +63,27 @@ if #last > 0 then
     seq = tonumber(lseq) + 1
   end
 end
+local first_payload
 for _, e in ipairs(spec.events) do
   local id = string.format('%d-%d', ms, seq)
   local payload = e[1] .. id .. e[2]
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'event', payload)
   redis.call(ARGV[3], KEYS[2], payload)
   table.insert(out, id)
+  first_payload = first_payload or payload
   seq = seq + 1
+end
+if type(idem) == 'table' then
+  redis.call('HSET', KEYS[5], idem.key, idem.fp .. '\n' .. out[2] .. '\n' .. first_payload)
+  redis.call('ZADD', KEYS[6], now_ms + idem.ttl, idem.key)
+  -- Bounded: beyond max keys, the soonest to expire are forgotten.
+  local extra = redis.call('ZCARD', KEYS[6]) - idem.max
+  if extra > 0 then
+    local popped = redis.call('ZPOPMIN', KEYS[6], extra)
+    for i = 1, #popped, 2 do redis.call('HDEL', KEYS[5], popped[i]) end
+  end
+  redis.call('PEXPIRE', KEYS[5], idem.ttl)
+  redis.call('PEXPIRE', KEYS[6], idem.ttl)
 end
 local horizon = ms - tonumber(ARGV[2])
 if horizon > 0 then
