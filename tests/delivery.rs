@@ -370,18 +370,8 @@ async fn drain_turns_readiness_off_first_and_spreads_closes() {
     }
     let started = Instant::now();
     node.sigterm();
-    eventually(
-        Duration::from_millis(800),
-        "readiness off at once",
-        || async {
-            matches!(
-                http(node.port, "GET", "/readyz", None, None).await,
-                Ok((503, _))
-            )
-            .then_some(())
-        },
-    )
-    .await;
+    node.wait_unready(Duration::from_millis(800), "readiness off at once")
+        .await;
     // During the delay the node still serves its sessions and its API...
     let sent = publish(
         node.port,

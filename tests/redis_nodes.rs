@@ -588,12 +588,9 @@ async fn a_silent_subscription_is_caught_by_the_probe_and_loses_nothing() {
 async fn the_documented_acls_confine_the_gateway_and_keep_other_clients_off_its_channels() {
     let redis = Redis::start();
     let acl = |args: &[&str]| {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        harness::redis::redis_cli(redis.port, args)
+            .trim()
+            .to_owned()
     };
     // The two commands of docs/OPERATIONS.md ("Security"), with test passwords.
     let gateway_user = "ACL SETUSER license-gateway on >gateway-test-password resetchannels ~license:* &license:* +@all -@admin -@dangerous +info +client +cluster|slots +cluster|shards";

@@ -139,8 +139,7 @@ impl Broker for MemoryEngine {
         draft: &EventDraft,
         key: &IdempotencyKey,
     ) -> Result<Applied, EngineError> {
-        let change = Change::publish(vec![draft.clone()]).with_idempotency(key.clone());
-        self.apply(&draft.tenant, &change).await
+        store::publish_idempotent(self, draft, key).await
     }
 
     async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {

@@ -163,6 +163,17 @@ pub trait LicenseStore: Send + Sync + 'static {
     async fn due_tenants(&self, now_ms: u64) -> Result<Vec<String>, EngineError>;
 }
 
+/// [`crate::engine::Broker::publish_idempotent`] for an engine whose broker publishes through
+/// its license store (both do).
+pub async fn publish_idempotent<S: LicenseStore + ?Sized>(
+    store: &S,
+    draft: &EventDraft,
+    key: &IdempotencyKey,
+) -> Result<Applied, EngineError> {
+    let change = Change::publish(vec![draft.clone()]).with_idempotency(key.clone());
+    store.apply(&draft.tenant, &change).await
+}
+
 /// The single published event of an unconditional one-event change.
 pub fn single(applied: Applied) -> Result<Published, EngineError> {
     match applied {

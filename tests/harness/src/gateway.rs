@@ -143,6 +143,18 @@ impl Gateway {
         format!("ws://127.0.0.1:{}/ws/license", self.port)
     }
 
+    /// Polls `/readyz` until 503; panics naming `what` after `within`.
+    pub async fn wait_unready(&self, within: Duration, what: &str) {
+        crate::eventually(within, what, || async {
+            matches!(
+                http(self.port, "GET", "/readyz", None, None).await,
+                Ok((503, _))
+            )
+            .then_some(())
+        })
+        .await;
+    }
+
     /// Polls `/readyz` until 200.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT * 2;

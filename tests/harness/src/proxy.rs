@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Gateway, WsClient, eventually, http, metric, publish, tenant_token};
+use crate::{Gateway, WsClient, metric, publish, tenant_token};
 
 /// The proxy; clients connect to `port`.
 pub struct SilencingProxy {
@@ -158,16 +158,9 @@ pub async fn silent_subscription_is_caught(node: &Gateway, proxy: &SilencingProx
         ids.push(event["id"].clone());
     }
     // Probe period 1 s: detected within 3 s.
-    eventually(
+    node.wait_unready(
         Duration::from_millis(3500),
         "readiness 503 on a silent subscription",
-        || async {
-            matches!(
-                http(node.port, "GET", "/readyz", None, None).await,
-                Ok((503, _))
-            )
-            .then_some(())
-        },
     )
     .await;
     let detected = silenced.elapsed();

@@ -13,6 +13,16 @@ use fred::prelude::*;
 use crate::WAIT;
 use crate::process::{TempDir, free_port};
 
+/// `redis-cli -p PORT ARGS…` (plain TCP), its stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (it comes with redis-server)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A real `redis-server` on a free loopback port; without persistence unless started with AOF.
 pub struct Redis {
     child: Option<Child>,
@@ -348,12 +358,7 @@ impl RedisCluster {
 
     /// `redis-cli -p PORT ARGS…`, its stdout.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(port, args)
     }
 
     /// Ports of the nodes still running.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::WAIT;
 use crate::process::{TempDir, free_port};
+use crate::redis::redis_cli as cli;
 
 /// The service name the sentinels monitor.
 pub const SERVICE: &str = "lgw";
@@ -19,16 +20,6 @@ pub struct RedisSentinel {
     pub sentinels: Vec<u16>,
     sentinel_children: Vec<Child>,
     dir: TempDir,
-}
-
-/// `redis-cli -p PORT ARGS…`, its stdout.
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
