@@ -125,7 +125,8 @@ impl Validator {
             };
             let now = now();
             let usage = parse_usage(&record.usage);
-            let plans = rules::evaluate(&license, &usage, &record.notices, now, &self.rules);
+            let rules = self.rules.for_license(&license);
+            let plans = rules::evaluate(&license, &usage, &record.notices, now, &rules);
             let mut conflict = false;
             for plan in plans {
                 let types: Vec<_> = plan.events.iter().map(|n| n.event_type).collect();
@@ -144,7 +145,7 @@ impl Validator {
             if conflict {
                 continue;
             }
-            let next = rules::next_deadline(&license, &self.rules, now).map(unix_ms);
+            let next = rules::next_deadline(&license, &rules, now).map(unix_ms);
             self.store.set_deadline(tenant, next).await?;
             return Ok(published);
         }

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 both_engines!(
+    tenant_thresholds_replace_the_nodes,
     license_changes_publish_module_and_update_events,
     usage_sequence_warns_exceeds_and_rearms_once_each,
     expiry_thresholds_and_module_expiry_on_change,
@@ -390,6 +391,22 @@ async fn invalid_documents_are_refused_and_nothing_is_stored(backend: Backend) {
             json!({"tenantId": "acme", "plan": "pro", "expiresAt": e, "modules": {"a": {"enabled": true, "price": 3}}}),
             "modules.a.price",
         ),
+        (
+            json!({"tenantId": "acme", "plan": "pro", "expiresAt": e, "notifications": {"expiryWarningDays": [0]}}),
+            "notifications.expiryWarningDays",
+        ),
+        (
+            json!({"tenantId": "acme", "plan": "pro", "expiresAt": e, "notifications": {"expiryWarningDays": [1,2,3,4,5,6,7,8,9,10,11]}}),
+            "notifications.expiryWarningDays",
+        ),
+        (
+            json!({"tenantId": "acme", "plan": "pro", "expiresAt": e, "notifications": {"usageWarningPercent": 101}}),
+            "notifications.usageWarningPercent",
+        ),
+        (
+            json!({"tenantId": "acme", "plan": "pro", "expiresAt": e, "notifications": {"emailTo": "x"}}),
+            "notifications.emailTo",
+        ),
     ];
     for (doc, field) in &cases {
         let (status, body) = put_license(d.port(), "acme", doc).await;
@@ -507,6 +524,39 @@ async fn license_status_view(backend: Backend) {
     assert_eq!(get_license(d.port(), &tenant_token("globex")).await.0, 404);
 }
 
+/// A tenant's own thresholds (`notifications` in its document) replace the node's: 59 days
+/// before expiry it owes its 60-day notice (the node's largest is 30), and 85 % usage is below
+/// its 90 % warning line (the node's is 80 %).
+async fn tenant_thresholds_replace_the_nodes(backend: Backend) {
+    let d = Deployment::start(backend, &[]).await;
+    let (mut client, _) = WsClient::connected(&d.ws_url(), &tenant_token("acme")).await;
+    let expires = rfc3339_in(59 * DAY - 60);
+    let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": expires,
+                     "limits": {"users": 100},
+                     "notifications": {"expiryWarningDays": [60, 14], "usageWarningPercent": 90}});
+    assert_eq!(put_license(d.port(), "acme", &doc).await.0, 201);
+    assert_eq!(
+        summary(&client.drain(QUIET).await),
+        vec![
+            ev("license_updated", "info", json!({"changes": ["created"]})),
+            ev(
+                "license_expiring",
+                "warning",
+                json!({"expiresAt": expires, "daysLeft": 59, "threshold": 60})
+            ),
+        ]
+    );
+    put_usage(d.port(), "acme", &json!({"users": 85})).await;
+    assert!(
+        client.drain(QUIET).await.is_empty(),
+        "85 % is under the tenant's 90 %"
+    );
+    put_usage(d.port(), "acme", &json!({"users": 91})).await;
+    let events = summary(&client.drain(QUIET).await);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "usage_limit_warning");
+}
+
 // --- exactly once with concurrent and crashing workers (Redis) --------------------------------
 
 /// Writes a document that owes five notices right now (license expired, a module expired, one
@@ -586,21 +636,7 @@ async fn five_concurrent_workers(url: &str, r: &Client) {
     for t in &tenants {
         seed_owing_tenant(r, t, &past).await;
     }
-    let workers: Vec<_> = (0..5)
-        .map(|_| {
-            let url = url.to_owned();
-            std::thread::spawn(move || {
-                run_cli(
-                    &["worker", "--once"],
-                    &[("REDIS_URL", &url), ("LOG_FORMAT", "json")],
-                )
-            })
-        })
-        .collect();
-    for w in workers {
-        let (status, _, stderr) = w.join().unwrap();
-        assert!(status.success(), "worker --once failed: {stderr}");
-    }
+    five_workers_at_once(url);
     for t in &tenants {
         assert_eq!(history_types(r, t).await, owed(), "tenant {t}");
     }
@@ -609,6 +645,90 @@ async fn five_concurrent_workers(url: &str, r: &Client) {
     assert!(status.success());
     for t in &tenants {
         assert_eq!(history_types(r, t).await.len(), 5, "tenant {t}");
+    }
+}
+
+/// Runs five `worker --once` at the same time; each must succeed.
+fn five_workers_at_once(url: &str) {
+    let workers: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.to_owned();
+            std::thread::spawn(move || run_cli(&["worker", "--once"], &[("REDIS_URL", &url)]))
+        })
+        .collect();
+    for w in workers {
+        let (status, _, stderr) = w.join().unwrap();
+        assert!(status.success(), "worker --once failed: {stderr}");
+    }
+}
+
+/// Tenants with `expiryWarningDays: [60, 14]` get exactly those notices, once each, from five
+/// concurrent workers: at 59 days the 60-day one, and after a change of expiry to 13 days
+/// ahead the 14-day one (the node's own thresholds would have said nothing, then 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_concurrent_workers_honour_tenant_thresholds_once() {
+    let redis = Redis::start();
+    let r = redis.client().await;
+    let tenants: Vec<String> = (0..20).map(|i| format!("th{i}")).collect();
+    let store = |expires: String| {
+        let r = r.clone();
+        let tenants = tenants.clone();
+        async move {
+            for t in &tenants {
+                let doc = json!({"tenantId": t, "plan": "pro", "expiresAt": expires,
+                                 "notifications": {"expiryWarningDays": [60, 14]}});
+                let _: () = r
+                    .set(
+                        format!("license:doc:{{{t}}}"),
+                        doc.to_string(),
+                        None,
+                        None,
+                        false,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let thresholds = |r: Client, t: String| async move {
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> = r
+            .xrange(format!("license:history:{{{t}}}"), "-", "+", None)
+            .await
+            .unwrap();
+        entries
+            .iter()
+            .map(|(_, f)| serde_json::from_str::<Value>(&f["event"]).unwrap())
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["data"]["threshold"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    store(rfc3339_in(59 * DAY - 60)).await;
+    five_workers_at_once(&redis.url());
+    for t in &tenants {
+        let expected = vec![("license_expiring".to_owned(), json!(60))];
+        assert_eq!(
+            thresholds(r.clone(), t.clone()).await,
+            expected,
+            "tenant {t}"
+        );
+    }
+    store(rfc3339_in(13 * DAY - 60)).await;
+    five_workers_at_once(&redis.url());
+    five_workers_at_once(&redis.url());
+    for t in &tenants {
+        let expected = vec![
+            ("license_expiring".to_owned(), json!(60)),
+            ("license_expiring".to_owned(), json!(14)),
+        ];
+        assert_eq!(
+            thresholds(r.clone(), t.clone()).await,
+            expected,
+            "tenant {t}"
+        );
     }
 }
 

@@ -66,7 +66,7 @@ async fn view(validator: &Validator, tenant: &str) -> Result<Option<Value>, ApiE
         &license,
         &usage,
         now,
-        validator.rules(),
+        &validator.rules().for_license(&license),
     )))
 }
 

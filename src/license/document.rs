@@ -59,6 +59,73 @@ pub struct License {
     /// Limits by metric: non-negative numbers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, Number>,
+    /// The tenant's own notice thresholds, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Thresholds>,
+}
+
+/// A tenant's own notice thresholds (`notifications` in its license document), each overriding
+/// the node's (`EXPIRY_WARNING_DAYS`, `USAGE_WARNING_PERCENT`) when given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Thresholds {
+    /// Days before an expiry at which to warn: 1–10 values, each 1–365.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_warning_days: Option<Vec<u32>>,
+    /// Percent of a limit at which usage warns: 1–100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_warning_percent: Option<f64>,
+}
+
+impl Thresholds {
+    /// Validates the `notifications` object of a license document.
+    fn parse(value: &Value) -> Result<Self, FieldError> {
+        const FIELD: &str = "notifications";
+        let map = object(FIELD, value)?;
+        only_fields(FIELD, map, &["expiryWarningDays", "usageWarningPercent"])?;
+        let expiry_warning_days = match map.get("expiryWarningDays") {
+            None => None,
+            Some(value) => {
+                let field = "notifications.expiryWarningDays";
+                let Value::Array(items) = value else {
+                    return Err(FieldError::new(
+                        field,
+                        format!("must be an array of days, not {}", kind(value)),
+                    ));
+                };
+                if items.is_empty() || items.len() > 10 {
+                    return Err(FieldError::new(field, "must hold 1-10 values"));
+                }
+                let days = items
+                    .iter()
+                    .map(|d| match d.as_u64() {
+                        Some(d @ 1..=365) => Ok(d as u32),
+                        _ => Err(FieldError::new(
+                            field,
+                            "each value must be a whole number of days, 1-365",
+                        )),
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?;
+                Some(days)
+            }
+        };
+        let usage_warning_percent = match map.get("usageWarningPercent") {
+            None => None,
+            Some(value) => match value.as_f64() {
+                Some(p) if value.is_number() && (1.0..=100.0).contains(&p) => Some(p),
+                _ => {
+                    return Err(FieldError::new(
+                        "notifications.usageWarningPercent",
+                        "must be a number, 1-100",
+                    ));
+                }
+            },
+        };
+        Ok(Self {
+            expiry_warning_days,
+            usage_warning_percent,
+        })
+    }
 }
 
 /// Usage counters by metric: non-negative numbers.
@@ -163,7 +230,14 @@ impl License {
         only_fields(
             "",
             map,
-            &["tenantId", "plan", "expiresAt", "modules", "limits"],
+            &[
+                "tenantId",
+                "plan",
+                "expiresAt",
+                "modules",
+                "limits",
+                "notifications",
+            ],
         )?;
         let tenant_id = match map.get("tenantId") {
             Some(Value::String(t)) if t == tenant => t.clone(),
@@ -236,12 +310,17 @@ impl License {
                 limits.insert(metric.clone(), quantity(&field, limit)?);
             }
         }
+        let notifications = map
+            .get("notifications")
+            .map(Thresholds::parse)
+            .transpose()?;
         Ok(License {
             tenant_id,
             plan,
             expires_at,
             modules,
             limits,
+            notifications,
         })
     }
 
@@ -323,6 +402,56 @@ mod tests {
             doc["expiresAt"] = json!(edge);
             let license = License::parse("acme", &doc).unwrap();
             assert!(!license.to_json().contains("\"expiresAt\":\"\""), "{edge}");
+        }
+    }
+
+    #[test]
+    fn tenant_thresholds_are_optional_strict_and_round_trip() {
+        let mut doc = good();
+        doc["notifications"] = json!({"expiryWarningDays": [60, 14], "usageWarningPercent": 90});
+        let license = License::parse("acme", &doc).unwrap();
+        let own = license.notifications.clone().unwrap();
+        assert_eq!(own.expiry_warning_days, Some(vec![60, 14]));
+        assert_eq!(own.usage_warning_percent, Some(90.0));
+        assert_eq!(License::from_stored(&license.to_json()).unwrap(), license);
+        // A document without them stores exactly as before.
+        let plain = License::parse("acme", &good()).unwrap();
+        assert!(!plain.to_json().contains("notifications"));
+        for (bad, field) in [
+            (json!([]), "notifications"),
+            (
+                json!({"expiryWarningDays": []}),
+                "notifications.expiryWarningDays",
+            ),
+            (
+                json!({"expiryWarningDays": [366]}),
+                "notifications.expiryWarningDays",
+            ),
+            (
+                json!({"expiryWarningDays": [1.5]}),
+                "notifications.expiryWarningDays",
+            ),
+            (
+                json!({"expiryWarningDays": "7"}),
+                "notifications.expiryWarningDays",
+            ),
+            (
+                json!({"usageWarningPercent": 0}),
+                "notifications.usageWarningPercent",
+            ),
+            (
+                json!({"usageWarningPercent": "90"}),
+                "notifications.usageWarningPercent",
+            ),
+            (json!({"mutedTypes": []}), "notifications.mutedTypes"),
+        ] {
+            let mut doc = good();
+            doc["notifications"] = bad.clone();
+            assert_eq!(
+                License::parse("acme", &doc).unwrap_err().field,
+                field,
+                "{bad}"
+            );
         }
     }
 

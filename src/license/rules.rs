@@ -38,6 +38,21 @@ impl Default for Rules {
 }
 
 impl Rules {
+    /// These rules with the tenant's own thresholds (its document's `notifications`) in place
+    /// of the node's, where it has any.
+    pub fn for_license(&self, license: &License) -> Rules {
+        let Some(own) = &license.notifications else {
+            return self.clone();
+        };
+        Rules::new(
+            own.expiry_warning_days
+                .clone()
+                .unwrap_or_else(|| self.expiry_warning_days.clone()),
+            own.usage_warning_percent
+                .unwrap_or(self.usage_warning_percent),
+        )
+    }
+
     /// Rules with thresholds normalised (sorted largest first, duplicates removed).
     pub fn new(mut days: Vec<u32>, usage_warning_percent: f64) -> Self {
         days.sort_unstable_by(|a, b| b.cmp(a));
@@ -452,6 +467,7 @@ mod tests {
             expires_at: at(expires),
             modules: BTreeMap::new(),
             limits: BTreeMap::from([("users".to_owned(), Number::from(100))]),
+            notifications: None,
         }
     }
 
@@ -712,5 +728,19 @@ mod tests {
         assert_eq!(s["status"], "expired");
         assert_eq!(s["daysLeft"], 0);
         assert_eq!(s["modules"]["a"]["reason"], "license_expired");
+    }
+
+    #[test]
+    fn a_tenants_own_thresholds_replace_the_nodes() {
+        let node = Rules::new(vec![30, 7, 1], 80.0);
+        let mut license = license("2027-01-01T00:00:00Z");
+        assert_eq!(node.for_license(&license), node);
+        license.notifications = Some(crate::license::document::Thresholds {
+            expiry_warning_days: Some(vec![14, 60, 14]),
+            usage_warning_percent: None,
+        });
+        let own = node.for_license(&license);
+        assert_eq!(own.expiry_warning_days, vec![60, 14]);
+        assert_eq!(own.usage_warning_percent, 80.0);
     }
 }
