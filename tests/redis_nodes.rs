@@ -568,8 +568,8 @@ async fn a_node_is_alive_from_its_first_second_whatever_redis_does() {
     assert_eq!(client.next_json().await["id"], sent["id"]);
 }
 
-/// The subscription probe on a single Redis: the subscription probe catches a subscriber connection that
-/// Redis's replies no longer reach (see `harness::proxy`).
+/// The subscription probe on a single Redis catches a subscriber connection that Redis's
+/// replies no longer reach (see `harness::proxy`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_subscription_is_caught_by_the_probe_and_loses_nothing() {
     let redis = Redis::start();
