@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::filter::EventFilter;
 use super::outbox::{Outbox, QueueLimits};
 use super::recovery::{FillOutcome, Member, Sessions, TenantStream, resync_reason};
 use crate::engine::{Broker, Control, EngineError, EventSink, Position};
@@ -35,6 +36,8 @@ pub struct Membership {
     /// after it reaches the outbox, none before it does. `None` when the node had no position
     /// for the tenant yet (its first session); [`Hub::position`] tells it after subscribing.
     pub start: Option<EventId>,
+    /// What the session asked to receive (applied at fan-out and to its resume replay).
+    pub filter: Option<Arc<EventFilter>>,
 }
 
 impl Membership {
@@ -115,6 +118,7 @@ impl Hub {
         self: &Arc<Self>,
         tenant: &str,
         user: Option<&str>,
+        filter: Option<Arc<EventFilter>>,
     ) -> Result<Membership, EngineError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue));
@@ -132,6 +136,7 @@ impl Hub {
             let member = Member {
                 outbox: outbox.clone(),
                 user: user.map(Box::from),
+                filter: filter.clone(),
             };
             entry.sessions.insert(id, member);
             (key, entry.subscribed.clone(), entry.stream.position())
@@ -141,6 +146,7 @@ impl Hub {
             id,
             outbox,
             start,
+            filter,
         };
         let mut is_subscribed = subscribed.lock().await;
         if !*is_subscribed {

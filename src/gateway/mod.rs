@@ -8,8 +8,10 @@
 //!   a tenant's stream; [`outbox`]: a session's bounded queue.
 //! - [`lifecycle`]: the node's background tasks, and the drain at shutdown.
 //! - [`rate`]: the per-connection token bucket for client frames.
+//! - [`filter`]: per-connection event filters (`types`, `minSeverity`, `modules`).
 
 pub mod client_ip;
+pub mod filter;
 pub mod hub;
 pub mod lifecycle;
 pub mod node;

@@ -27,6 +27,8 @@ pub struct Member {
     pub outbox: Arc<Outbox>,
     /// `JWT_USER_CLAIM` of the session's token.
     pub user: Option<Box<str>>,
+    /// What the connection asked to receive, when it narrowed it.
+    pub filter: Option<Arc<super::filter::EventFilter>>,
 }
 
 /// A tenant's local sessions by number.
@@ -151,7 +153,16 @@ pub fn fan_out(sessions: &Sessions, id: Option<EventId>, payload: &Payload) -> u
     };
     let _entered = span.enter();
     let mut delivered = 0;
+    // Read once per event, and only when some connection narrowed what it receives.
+    let mut meta = None;
     for member in sessions.values() {
+        // Events only (a resync notice has no id).
+        if let (Some(_), Some(filter)) = (id, &member.filter) {
+            let meta = meta.get_or_insert_with(|| super::filter::EventMeta::read(payload));
+            if !filter.allows(meta.as_ref()) {
+                continue;
+            }
+        }
         // A clone of the payload is a reference count: every recipient shares one buffer.
         if member.outbox.push(id, payload.clone()) {
             delivered += 1;
@@ -193,6 +204,7 @@ mod tests {
         let member = Member {
             outbox: outbox.clone(),
             user: None,
+            filter: None,
         };
         (outbox, Sessions::from([(1, member)]))
     }

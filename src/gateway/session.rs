@@ -58,6 +58,8 @@ pub struct Handshake {
     pub guard: Option<ConnectionGuard>,
     /// Resume position the client asked for (`lastEventId`), unparsed.
     pub last_event_id: Option<String>,
+    /// What the client asked to receive (`types`, `minSeverity`, `modules`), if it narrowed it.
+    pub filter: Option<Arc<super::filter::EventFilter>>,
 }
 
 /// Runs a session to its end.
@@ -109,7 +111,11 @@ async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -
             return None;
         }
     };
-    match node.hub.join(&tenant, claims.user.as_deref()).await {
+    match node
+        .hub
+        .join(&tenant, claims.user.as_deref(), handshake.filter)
+        .await
+    {
         Ok(membership) => Some(Live {
             socket,
             node,
@@ -400,7 +406,12 @@ impl<W: Socket> Session<'_, W> {
             }
             let full = page.len() == REPLAY_PAGE;
             for (id, payload) in page {
-                if !self.send(Message::Text(payload.into_ws_text())).await {
+                let wanted = self
+                    .membership
+                    .filter
+                    .as_ref()
+                    .is_none_or(|f| f.allows_payload(&payload));
+                if wanted && !self.send(Message::Text(payload.into_ws_text())).await {
                     return false;
                 }
                 self.last_sent = Some(id);

@@ -152,6 +152,7 @@ impl Client {
             refuse: None,
             guard: node.admit(None),
             last_event_id: last.map(str::to_owned),
+            filter: None,
         };
         let socket = ChannelSocket {
             incoming,
@@ -260,7 +261,7 @@ async fn an_event_both_replayed_and_live_is_sent_once() {
 #[tokio::test]
 async fn a_gap_fill_through_the_hub_delivers_each_event_once() {
     let (node, engine) = node(100).await;
-    let member = node.hub.join("acme", None).await.expect("join");
+    let member = node.hub.join("acme", None, None).await.expect("join");
     let queued = || {
         let mut ids = Vec::new();
         while let super::outbox::Next::Event(Some(id), _) = member.outbox.next() {
@@ -316,8 +317,8 @@ async fn unresumable_positions_get_resync_with_their_reason() {
 async fn the_start_position_is_taken_when_the_outbox_joins() {
     let (node, engine) = node(100).await;
     let first = publish(&engine, "acme", 1).await;
-    let holder = node.hub.join("acme", None).await.expect("join");
-    let joined = node.hub.join("acme", None).await.expect("join");
+    let holder = node.hub.join("acme", None, None).await.expect("join");
+    let joined = node.hub.join("acme", None, None).await.expect("join");
     assert_eq!(joined.start, Some(first.id));
     let second = publish(&engine, "acme", 2).await;
     assert!(second.id > joined.start.expect("start"));
@@ -434,7 +435,7 @@ async fn a_half_made_subscription_is_undone() {
         subscribed: AtomicUsize::new(0),
     });
     let node = node_over(broker.clone(), Arc::new(MemoryEngine::new(config))).await;
-    assert!(node.hub.join("acme", None).await.is_err());
+    assert!(node.hub.join("acme", None, None).await.is_err());
     assert_eq!(broker.subscribed.load(Ordering::SeqCst), 0);
     assert!(node.hub.tenant_connections().is_empty());
 }

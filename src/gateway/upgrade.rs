@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::Node;
+use super::filter::EventFilter;
 use super::node::ConnectionGuard;
 use super::session::{self, Handshake};
 use crate::auth::{AuthError, bearer_token};
@@ -50,6 +51,10 @@ struct WsQuery {
     token: Option<String>,
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
+    types: Option<String>,
+    #[serde(rename = "minSeverity")]
+    min_severity: Option<String>,
+    modules: Option<String>,
 }
 
 /// The value of the first subprotocol entry with `prefix`.
@@ -111,6 +116,15 @@ async fn ws_handler(
     if !origin_allowed(&node, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    // A filter that cannot be read is refused before the upgrade, naming the parameter.
+    let filter = match EventFilter::from_query(
+        query.types.as_deref(),
+        query.min_severity.as_deref(),
+        query.modules.as_deref(),
+    ) {
+        Ok(filter) => filter.map(Arc::new),
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
     let auth = match presented_token(&headers, &query) {
         Some(token) => node.verifier.verify_tenant(token).await,
         None => Err(AuthError::Missing),
@@ -136,6 +150,7 @@ async fn ws_handler(
         refuse,
         guard,
         last_event_id,
+        filter,
     };
     let frame = node.settings.max_frame_bytes;
     let sessions = node.sessions.clone();
