@@ -49,7 +49,10 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
                 .map_err(|e| LoadtestError::Connect(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    let url = format!("ws://{}/ws/license", common.target);
+    let url = match &common.query {
+        Some(query) => format!("ws://{}/ws/license?{query}", common.target),
+        None => format!("ws://{}/ws/license", common.target),
+    };
     let started = Instant::now();
     let results: Vec<(usize, Result<Ws, String>)> =
         futures_util::stream::iter(0..common.connections)

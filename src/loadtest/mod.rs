@@ -76,6 +76,10 @@ pub struct CommonArgs {
     /// Connection handshakes in flight at once.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
+    /// Query string every connection adds to `/ws/license` (e.g. a filter:
+    /// `minSeverity=info`).
+    #[arg(long, value_name = "QUERY")]
+    pub query: Option<String>,
     /// The gateway's process id: its CPU and RSS are read from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
