@@ -22,8 +22,14 @@ pub fn client_frame(data: &[u8]) {
     }
 }
 
-/// A license document or usage body as the API receives it (any JSON).
+/// A license document, usage body or notification preferences body as the API receives it.
 pub fn license_body(data: &[u8]) {
+    if let Ok(prefs) = crate::notifications::Preferences::parse(data) {
+        // What is stored reads back as the same preferences.
+        let stored = serde_json::to_string(&prefs).expect("preferences serialize");
+        let back = crate::notifications::Preferences::parse(stored.as_bytes());
+        assert_eq!(back, Ok(prefs));
+    }
     let Ok(body) = serde_json::from_slice::<Value>(data) else {
         return;
     };
@@ -53,9 +59,13 @@ pub fn channel_payload(data: &[u8]) {
         assert_eq!(probe.tenant_id, "acme");
         assert_eq!(probe.id.parse::<EventId>().ok(), Some(checked.id));
     }
-    if let Some(Ok(_)) = crate::engine::redis::control::decode("acme", data) {
+    if let Some(Ok(control)) = crate::engine::redis::control::decode("acme", data) {
         let value: Value = serde_json::from_slice(data).expect("control messages are JSON");
         assert_eq!(value["tenantId"], "acme");
+        // What a node accepts, it would also have written the same way.
+        let again = crate::engine::redis::control::encode("acme", &control);
+        let decoded = crate::engine::redis::control::decode("acme", again.as_bytes());
+        assert_eq!(decoded, Some(Ok(control)));
     }
 }
 

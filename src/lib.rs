@@ -12,6 +12,8 @@
 //! - [`protocol`]: the wire contract — messages, close codes, event types, ids, envelopes.
 //! - [`shutdown`]: signals cancel one token.
 //! - [`license`]: license documents and the pure rules (status, notices, diffs).
+//! - [`notifications`]: the notification center's rules — filters, preferences, read state,
+//!   stats.
 //! - [`config`]: documented argument structs, with one-line errors naming the variable.
 //! - [`metrics`]: Prometheus metrics, rendered at `/metrics`.
 //! - [`telemetry`]: logs and traces.
@@ -53,6 +55,7 @@ pub(crate) mod gateway;
 pub(crate) mod license;
 pub mod loadtest;
 pub(crate) mod metrics;
+pub(crate) mod notifications;
 pub(crate) mod protocol;
 pub(crate) mod shutdown;
 pub mod telemetry;

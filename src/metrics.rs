@@ -136,3 +136,28 @@ pub fn worker_pass(seconds: f64) {
 pub fn notice(event_type: EventType) {
     counter!("license_gateway_notices_total", "type" => event_type.as_str()).increment(1);
 }
+
+/// A `notification_state` message went to one connection.
+pub fn notification_state_sent() {
+    counter!("license_gateway_notification_states_sent_total").increment(1);
+}
+
+/// Events not sent to `n` connections of a tenant because of preferences or filters.
+pub fn events_filtered(n: u64) {
+    counter!("license_gateway_events_filtered_total").increment(n);
+}
+
+/// A user changed read state (`read`, `unread`, `read_all`) through the API.
+pub fn notification_read(action: &'static str) {
+    counter!("license_gateway_notification_reads_total", "action" => action).increment(1);
+}
+
+/// A user replaced their notification preferences.
+pub fn notification_preferences_set() {
+    counter!("license_gateway_notification_preferences_updates_total").increment(1);
+}
+
+/// A notification list was served.
+pub fn notification_listed() {
+    counter!("license_gateway_notification_lists_total").increment(1);
+}

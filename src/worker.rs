@@ -344,6 +344,7 @@ mod tests {
         let engine = Arc::new(MemoryEngine::new(HistoryConfig {
             size: 100,
             ttl: Duration::from_secs(3600),
+            ..HistoryConfig::default()
         }));
         let expires = format_date(OffsetDateTime::now_utc() + time::Duration::days(5));
         let doc = serde_json::json!({"tenantId": "acme", "plan": "pro", "expiresAt": expires});

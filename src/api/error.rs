@@ -111,6 +111,12 @@ impl IntoResponse for ApiError {
                 "this token may not use this route".to_owned(),
                 None,
             ),
+            Self::Auth(ApiAuthError::NoUser) => (
+                StatusCode::FORBIDDEN,
+                "no_user",
+                "this route needs a token that names a user".to_owned(),
+                None,
+            ),
             Self::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message, None),
             Self::Unprocessable { code, message } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, code, message, None)

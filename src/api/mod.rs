@@ -1,10 +1,12 @@
-//! HTTP routes besides the WebSocket: health, readiness, the license view and the admin API.
+//! HTTP routes besides the WebSocket: health, readiness, the license view, the notification
+//! center and the admin API.
 //! Generic over the router state: each handler extracts only the part it uses.
 
 pub mod admin;
 pub mod error;
 pub mod health;
 pub mod license;
+pub mod notifications;
 
 use std::sync::Arc;
 
@@ -54,5 +56,20 @@ where
             put(license::put_license).delete(license::delete_license),
         )
         .route("/api/admin/tenants/{tenant}/usage", put(license::put_usage))
+        .route("/api/notifications", get(notifications::list))
+        .route("/api/notifications/read-all", post(notifications::read_all))
+        .route(
+            "/api/notifications/preferences",
+            get(notifications::get_preferences).put(notifications::put_preferences),
+        )
+        .route("/api/notifications/{id}/read", post(notifications::read))
+        .route(
+            "/api/notifications/{id}/unread",
+            post(notifications::unread),
+        )
+        .route(
+            "/api/admin/tenants/{tenant}/notifications/stats",
+            get(notifications::stats),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

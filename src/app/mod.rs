@@ -46,6 +46,7 @@ impl AppState {
             Arc::new(verifier),
             engines.broker.clone(),
             engines.registry.clone(),
+            engines.notifications.clone(),
         );
         Self {
             node: Arc::new(node),

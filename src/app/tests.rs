@@ -29,6 +29,7 @@ fn state() -> AppState {
     let history = HistoryConfig {
         size: 100,
         ttl: Duration::from_secs(3600),
+        ..HistoryConfig::default()
     };
     let engines = Engines::of("memory", MemoryEngine::new(history));
     let verifier = Verifier::from_args(&auth_args()).expect("verifier");

@@ -89,6 +89,16 @@ pub struct TenantAuth {
     pub tenant: String,
 }
 
+/// A request authenticated with a tenant token that names a user (`JWT_USER_CLAIM`): the
+/// notification routes, whose read state and preferences are per user.
+#[derive(Debug, Clone)]
+pub struct UserAuth {
+    /// The tenant.
+    pub tenant: String,
+    /// The user.
+    pub user: String,
+}
+
 /// Proof that a request presented an admin key; handlers take it to require one.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
@@ -101,6 +111,8 @@ pub enum ApiAuthError {
     Unauthenticated(AuthError),
     /// 403.
     Forbidden,
+    /// 403 `no_user`: a valid tenant token that names no user, on a per-user route.
+    NoUser,
 }
 
 impl<S> axum::extract::FromRequestParts<S> for AdminAuth
@@ -142,6 +154,25 @@ where
             .await
             .map_err(ApiAuthError::Unauthenticated)?;
         Ok(TenantAuth { tenant })
+    }
+}
+
+impl<S> axum::extract::FromRequestParts<S> for UserAuth
+where
+    Arc<Verifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiAuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers)
+            .ok_or(ApiAuthError::Unauthenticated(AuthError::Missing))?;
+        let (tenant, claims) = Arc::<Verifier>::from_ref(state)
+            .verify_tenant(token)
+            .await
+            .map_err(ApiAuthError::Unauthenticated)?;
+        let user = claims.user.ok_or(ApiAuthError::NoUser)?;
+        Ok(UserAuth { tenant, user })
     }
 }
 

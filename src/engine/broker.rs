@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use super::EngineError;
 use super::store::{Applied, IdempotencyKey};
+use crate::notifications::{ReadState, Versioned};
 use crate::protocol::{EventDraft, EventId, Payload};
 
 /// An event as the engine stored it: the id it assigned and the exact envelope bytes, shared
@@ -29,6 +30,20 @@ pub enum Control {
     Disconnect {
         /// The user whose connections go; `None`: all of the tenant's.
         user: Option<String>,
+    },
+    /// A user's read state changed: their connections get `notification_state`.
+    NotificationState {
+        /// The user.
+        user: String,
+        /// The state after the change.
+        state: ReadState,
+    },
+    /// A user's preferences changed: their connections filter by them from now on.
+    Preferences {
+        /// The user.
+        user: String,
+        /// The new preferences (a node keeps the highest version it saw).
+        preferences: Versioned,
     },
 }
 

@@ -6,14 +6,16 @@
 //! - [`LicenseStore`] ([`store`]): documents, usage, notice state and deadlines, changed by
 //!   atomic compare-and-set steps that may publish events in the same step.
 //! - [`NodeRegistry`] ([`registry`]): which gateway nodes are alive and what they hold.
+//! - [`NotificationStore`] ([`notifications`]): notifications, read state, preferences, stats.
 //!
-//! Two implementations provide all three: [`memory::MemoryEngine`] (one node, no Redis) and
+//! Two implementations provide all four: [`memory::MemoryEngine`] (one node, no Redis) and
 //! [`redis::RedisEngine`] (any number of stateless nodes). [`Engines`] bundles the three
 //! handles of one implementation. One conformance suite (`tests/conformance.rs`) runs against
 //! both.
 
 pub mod broker;
 pub mod memory;
+pub mod notifications;
 pub mod redis;
 pub mod registry;
 pub mod store;
@@ -21,28 +23,49 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::notifications::Retention;
+
 pub use broker::{Broker, Control, EventSink, History, Position, Published};
+pub use notifications::{Delivered, NotificationStore};
 pub use registry::{NODE_TTL, NodeRegistry, NodeStats, SEAT_TTL};
 pub use store::{
     Applied, Change, DocWrite, Expect, FieldSwap, IDEMPOTENCY_MAX_KEYS, IdempotencyKey,
     LicenseStore, TenantRecord,
 };
 
-/// History retention (`HISTORY_SIZE`, `HISTORY_TTL_SECS`).
+/// What every publish keeps: the resume history (`HISTORY_SIZE`, `HISTORY_TTL_SECS`) and the
+/// notifications (`NOTIFICATION_MAX`, `NOTIFICATION_RETENTION_DAYS`), each with its own limits.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryConfig {
     /// Entries kept per tenant (at least this many).
     pub size: u32,
     /// Entries older than this are trimmed.
     pub ttl: Duration,
+    /// Notification retention.
+    pub notifications: Retention,
+}
+
+impl Default for HistoryConfig {
+    /// The documented defaults.
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl: Duration::from_secs(86_400),
+            notifications: Retention::default(),
+        }
+    }
 }
 
 impl HistoryConfig {
-    /// The retention `HISTORY_SIZE` and `HISTORY_TTL_SECS` ask for.
+    /// The retention the history and notification settings ask for.
     pub fn from_args(args: &crate::config::HistoryArgs) -> Self {
         Self {
             size: args.history_size,
             ttl: Duration::from_secs(args.history_ttl_secs),
+            notifications: Retention {
+                max: args.notification_max,
+                age: Duration::from_secs_f64(args.notification_retention_days * 86_400.0),
+            },
         }
     }
 }
@@ -58,7 +81,7 @@ pub enum EngineError {
     Protocol(String),
 }
 
-/// The three role handles of one engine implementation; cheap to clone.
+/// The role handles of one engine implementation; cheap to clone.
 #[derive(Clone)]
 pub struct Engines {
     /// Short name for logs (`memory`, `redis`).
@@ -69,17 +92,23 @@ pub struct Engines {
     pub store: Arc<dyn LicenseStore>,
     /// Live nodes.
     pub registry: Arc<dyn NodeRegistry>,
+    /// Notifications, read state, preferences.
+    pub notifications: Arc<dyn NotificationStore>,
 }
 
 impl Engines {
-    /// All three roles served by one engine.
-    pub fn of<E: Broker + LicenseStore + NodeRegistry>(name: &'static str, engine: E) -> Self {
+    /// All roles served by one engine.
+    pub fn of<E: Broker + LicenseStore + NodeRegistry + NotificationStore>(
+        name: &'static str,
+        engine: E,
+    ) -> Self {
         let engine = Arc::new(engine);
         Self {
             name,
             broker: engine.clone(),
             store: engine.clone(),
-            registry: engine,
+            registry: engine.clone(),
+            notifications: engine,
         }
     }
 }

@@ -14,11 +14,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::filter::EventFilter;
 use super::outbox::{Outbox, QueueLimits};
 use super::recovery::{FillOutcome, Member, Sessions, TenantStream, resync_reason};
 use crate::engine::{Broker, Control, EngineError, EventSink, Position};
-use crate::protocol::{CloseReason, EventId, Payload};
+use crate::notifications::EventFilter;
+use crate::notifications::{Preferences, Versioned};
+use crate::protocol::{CloseReason, EventId, EventType, Payload};
 
 /// How long a first session waits for its tenant's subscription before giving up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,6 +138,8 @@ impl Hub {
                 outbox: outbox.clone(),
                 user: user.map(Box::from),
                 filter: filter.clone(),
+                prefs: None,
+                prefs_version: 0,
             };
             entry.sessions.insert(id, member);
             (key, entry.subscribed.clone(), entry.stream.position())
@@ -260,6 +263,40 @@ impl Hub {
             .is_some_and(|m| m.user.as_deref() == user)
     }
 
+    /// Applies the user's preferences, as read at connect, to a session, unless a newer
+    /// version already arrived (a change made meanwhile).
+    pub fn set_preferences(&self, membership: &Membership, preferences: &Versioned) {
+        let mut shard = self.shard(&membership.tenant);
+        if let Some(member) = shard
+            .get_mut(&membership.tenant)
+            .and_then(|e| e.sessions.get_mut(&membership.id))
+        {
+            apply_preferences(member, preferences);
+        }
+    }
+
+    /// The user's preferences as this node applies them to `membership`'s session (for a
+    /// resume replay).
+    pub fn preferences(&self, membership: &Membership) -> Option<Arc<Preferences>> {
+        self.shard(&membership.tenant)
+            .get(&membership.tenant)
+            .and_then(|e| e.sessions.get(&membership.id))
+            .and_then(|m| m.prefs.clone())
+    }
+
+    /// Connections reached per tenant and event type since the last call, for the stats.
+    pub fn take_delivered(&self) -> Vec<(Arc<str>, EventType, u64)> {
+        let mut out = Vec::new();
+        for mut shard in self.each_shard() {
+            for (tenant, entry) in shard.iter_mut() {
+                for (t, n) in entry.stream.take_delivered() {
+                    out.push((tenant.clone(), t, n));
+                }
+            }
+        }
+        out
+    }
+
     /// Sessions per tenant on this node (tenants with at least one session).
     pub fn tenant_connections(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -378,6 +415,15 @@ impl Hub {
     }
 }
 
+/// Sets a member's preferences unless it has a newer version.
+fn apply_preferences(member: &mut Member, preferences: &Versioned) {
+    if preferences.version > member.prefs_version {
+        member.prefs_version = preferences.version;
+        member.prefs = (!preferences.preferences.is_default())
+            .then(|| Arc::new(preferences.preferences.clone()));
+    }
+}
+
 impl EventSink for Hub {
     fn deliver(&self, tenant: &str, id: Option<EventId>, payload: Payload) {
         let mut shard = self.shard(tenant);
@@ -406,6 +452,31 @@ impl EventSink for Hub {
                     closed,
                     "connections revoked"
                 );
+            }
+            Control::NotificationState { user, state } => {
+                // Encoded once per node; the user's connections share the bytes.
+                let payload = Payload::from(state.message());
+                let shard = self.shard(tenant);
+                let Some(entry) = shard.get(tenant) else {
+                    return;
+                };
+                for member in entry.sessions.values() {
+                    if member.user.as_deref() == Some(user.as_str()) {
+                        member.outbox.push(None, payload.clone());
+                        crate::metrics::notification_state_sent();
+                    }
+                }
+            }
+            Control::Preferences { user, preferences } => {
+                let mut shard = self.shard(tenant);
+                let Some(entry) = shard.get_mut(tenant) else {
+                    return;
+                };
+                for member in entry.sessions.values_mut() {
+                    if member.user.as_deref() == Some(user.as_str()) {
+                        apply_preferences(member, &preferences);
+                    }
+                }
             }
         }
     }

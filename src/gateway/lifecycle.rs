@@ -5,11 +5,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Node;
-use crate::engine::{EngineError, EventSink, NodeStats};
+use crate::engine::{Delivered, EngineError, EventSink, NodeStats};
 use crate::protocol::CloseReason;
 
 /// How often a node refreshes its registry entry.
 const REGISTRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a node adds its delivery counts to the notification stats.
+const DELIVERY_STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long membership changes are batched before a registry refresh.
 const REGISTRY_BATCH: Duration = Duration::from_millis(200);
 
@@ -32,7 +34,45 @@ pub async fn start(node: &Arc<Node>) -> Result<(), EngineError> {
     }
     node.background
         .spawn(node.hub.clone().fill_gaps(node.background_stop.clone()));
+    node.background.spawn(report_deliveries(node.clone()));
     Ok(())
+}
+
+/// Adds the connections this node's events reached to the notification stats every few
+/// seconds (one write per tenant and type, never one per delivery), and once more at stop.
+async fn report_deliveries(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(DELIVERY_STATS_INTERVAL);
+    loop {
+        let stopping = tokio::select! {
+            _ = node.background_stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let day = crate::notifications::stats::day_of(crate::protocol::now_ms());
+        let delivered: Vec<Delivered> = node
+            .hub
+            .take_delivered()
+            .into_iter()
+            .filter(|(_, _, count)| *count > 0)
+            .map(|(tenant, event_type, count)| Delivered {
+                tenant: tenant.to_string(),
+                event_type,
+                day,
+                count,
+            })
+            .collect();
+        if !delivered.is_empty() {
+            // Lost when Redis is away: stats are best effort, deliveries are not affected.
+            let report = node.notifications.record_deliveries(&delivered);
+            match tokio::time::timeout(Duration::from_secs(2), report).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "delivery stats not recorded"),
+                Err(_) => tracing::debug!("delivery stats timed out"),
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
 }
 
 /// Refreshes this node's registry entry every few seconds, and shortly after sessions join or

@@ -11,7 +11,6 @@
 //! - [`filter`]: per-connection event filters (`types`, `minSeverity`, `modules`).
 
 pub mod client_ip;
-pub mod filter;
 pub mod hub;
 pub mod lifecycle;
 pub mod node;

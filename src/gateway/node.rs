@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::Settings;
 use super::hub::Hub;
 use crate::auth::Verifier;
-use crate::engine::{Broker, NodeRegistry, NodeStats};
+use crate::engine::{Broker, NodeRegistry, NodeStats, NotificationStore};
 use crate::protocol::rfc3339_millis;
 
 /// One gateway node; shared behind an `Arc`.
@@ -25,6 +25,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Live nodes.
     pub registry: Arc<dyn NodeRegistry>,
+    /// Notifications: unread counts and preferences at connect, delivery stats.
+    pub notifications: Arc<dyn NotificationStore>,
     /// Local sessions and subscriptions.
     pub hub: Arc<Hub>,
     /// Start time, RFC 3339.
@@ -54,6 +56,7 @@ impl Node {
         verifier: Arc<Verifier>,
         broker: Arc<dyn Broker>,
         registry: Arc<dyn NodeRegistry>,
+        notifications: Arc<dyn NotificationStore>,
     ) -> Self {
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
@@ -72,6 +75,7 @@ impl Node {
             verifier,
             broker,
             registry,
+            notifications,
             hub,
             started_at: rfc3339_millis(time::OffsetDateTime::now_utc()),
             draining: AtomicBool::new(false),

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use super::outbox::{Item, Outbox};
 use crate::engine::History;
-use crate::protocol::{EventId, Payload, ResyncReason};
+use crate::notifications::{EventMeta, Preferences};
+use crate::protocol::{EventId, EventType, Payload, ResyncReason};
 
 /// Live events held per tenant while a gap is filled, at most this many (then: resync).
 pub const PENDING_CAP: usize = 100_000;
@@ -28,7 +29,20 @@ pub struct Member {
     /// `JWT_USER_CLAIM` of the session's token.
     pub user: Option<Box<str>>,
     /// What the connection asked to receive, when it narrowed it.
-    pub filter: Option<Arc<super::filter::EventFilter>>,
+    pub filter: Option<Arc<crate::notifications::EventFilter>>,
+    /// The user's preferences, when not the defaults, and their version.
+    pub prefs: Option<Arc<Preferences>>,
+    /// The version of `prefs` (0: none applied yet).
+    pub prefs_version: u64,
+}
+
+impl Member {
+    /// Whether an event with this meta reaches the member (its user's preferences, then its
+    /// connection's filter).
+    fn wants(&self, meta: Option<&EventMeta<'_>>) -> bool {
+        self.prefs.as_ref().is_none_or(|p| p.allows(meta))
+            && self.filter.as_ref().is_none_or(|f| f.allows(meta))
+    }
 }
 
 /// A tenant's local sessions by number.
@@ -48,6 +62,8 @@ pub struct TenantStream {
     pending: Option<Vec<Item>>,
     /// More than [`PENDING_CAP`] events arrived while held: some were not kept.
     overflow: bool,
+    /// Connections reached per event type since the last [`TenantStream::take_delivered`].
+    delivered: Vec<(EventType, u64)>,
 }
 
 /// What a gap fill did.
@@ -139,12 +155,29 @@ impl TenantStream {
             }
             self.last_id = Some(id);
         }
-        crate::metrics::event_fanned_out(fan_out(sessions, id, payload));
+        let (delivered, event_type) = fan_out(sessions, id, payload);
+        crate::metrics::event_fanned_out(delivered);
+        if let Some(t) = event_type {
+            match self.delivered.iter_mut().find(|(known, _)| *known == t) {
+                Some((_, n)) => *n += delivered,
+                None => self.delivered.push((t, delivered)),
+            }
+        }
+    }
+
+    /// Connections reached per event type since the last call (for the notification stats).
+    pub fn take_delivered(&mut self) -> Vec<(EventType, u64)> {
+        std::mem::take(&mut self.delivered)
     }
 }
 
-/// Hands one message to every session of a tenant; returns how many took it.
-pub fn fan_out(sessions: &Sessions, id: Option<EventId>, payload: &Payload) -> u64 {
+/// Hands one message to every session of a tenant that wants it; returns how many took it and,
+/// for an event, its type.
+pub fn fan_out(
+    sessions: &Sessions,
+    id: Option<EventId>,
+    payload: &Payload,
+) -> (u64, Option<EventType>) {
     // One span per event and node, never per recipient; none at all unless traces export.
     let span = if crate::telemetry::exporting() {
         tracing::info_span!("deliver", recipients = tracing::field::Empty)
@@ -153,15 +186,14 @@ pub fn fan_out(sessions: &Sessions, id: Option<EventId>, payload: &Payload) -> u
     };
     let _entered = span.enter();
     let mut delivered = 0;
-    // Read once per event, and only when some connection narrowed what it receives.
-    let mut meta = None;
+    // Read once per event (never for a resync notice, which has no id): a cheap parse next
+    // to the fan-out, and each filter check is then a comparison.
+    let meta = id.and_then(|_| EventMeta::read(payload));
+    let mut filtered = 0;
     for member in sessions.values() {
-        // Events only (a resync notice has no id).
-        if let (Some(_), Some(filter)) = (id, &member.filter) {
-            let meta = meta.get_or_insert_with(|| super::filter::EventMeta::read(payload));
-            if !filter.allows(meta.as_ref()) {
-                continue;
-            }
+        if meta.is_some() && !member.wants(meta.as_ref()) {
+            filtered += 1;
+            continue;
         }
         // A clone of the payload is a reference count: every recipient shares one buffer.
         if member.outbox.push(id, payload.clone()) {
@@ -169,7 +201,10 @@ pub fn fan_out(sessions: &Sessions, id: Option<EventId>, payload: &Payload) -> u
         }
     }
     span.record("recipients", delivered);
-    delivered
+    if filtered > 0 {
+        crate::metrics::events_filtered(filtered);
+    }
+    (delivered, meta.map(|m| m.event_type()))
 }
 
 /// The reason a client is told when its resume position cannot be honoured, `None` when it can.
@@ -205,6 +240,8 @@ mod tests {
             outbox: outbox.clone(),
             user: None,
             filter: None,
+            prefs: None,
+            prefs_version: 0,
         };
         (outbox, Sessions::from([(1, member)]))
     }

@@ -23,6 +23,7 @@ use super::recovery::resync_reason;
 use crate::auth::{AuthError, Claims};
 use crate::engine::{History, Position};
 use crate::metrics;
+use crate::notifications::EventMeta;
 use crate::protocol::{ClientMessage, CloseReason, EventId, ResyncReason, ServerMessage, now_ms};
 
 /// Events read from the history at a time during a resume.
@@ -59,7 +60,7 @@ pub struct Handshake {
     /// Resume position the client asked for (`lastEventId`), unparsed.
     pub last_event_id: Option<String>,
     /// What the client asked to receive (`types`, `minSeverity`, `modules`), if it narrowed it.
-    pub filter: Option<Arc<super::filter::EventFilter>>,
+    pub filter: Option<Arc<crate::notifications::EventFilter>>,
 }
 
 /// Runs a session to its end.
@@ -91,6 +92,8 @@ struct Live<W> {
     expires_at: u64,
     /// Resume position the client asked for, unparsed.
     resume: Option<String>,
+    /// The user's unread notifications at connect, for `connected`.
+    unread: Option<u64>,
     _guard: Option<ConnectionGuard>,
 }
 
@@ -116,14 +119,34 @@ async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -
         .join(&tenant, claims.user.as_deref(), handshake.filter)
         .await
     {
-        Ok(membership) => Some(Live {
-            socket,
-            node,
-            membership,
-            expires_at: claims.expires_at,
-            resume: handshake.last_event_id,
-            _guard: handshake.guard,
-        }),
+        Ok(membership) => {
+            // After joining: a preference change made from now on reaches the session either
+            // way, and the hub keeps whichever version is newer.
+            let unread = match &claims.user {
+                Some(user) => match node.notifications.user_summary(&tenant, user).await {
+                    Ok(summary) => {
+                        if let Some(preferences) = &summary.preferences {
+                            node.hub.set_preferences(&membership, preferences);
+                        }
+                        Some(summary.unread)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%tenant, %error, "unread count unavailable at connect");
+                        None
+                    }
+                },
+                None => None,
+            };
+            Some(Live {
+                socket,
+                node,
+                membership,
+                expires_at: claims.expires_at,
+                resume: handshake.last_event_id,
+                unread,
+                _guard: handshake.guard,
+            })
+        }
         Err(error) => {
             tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
             metrics::closed(Some(CloseReason::TryAgainLater));
@@ -209,7 +232,7 @@ impl<W: Socket> Live<W> {
                 expires_at: self.expires_at,
                 last_sent: None,
             };
-            let reason = session.serve(self.resume.as_deref()).await;
+            let reason = session.serve(self.resume.as_deref(), self.unread).await;
             node.hub.leave(&self.membership);
             metrics::session_ended();
             metrics::closed(reason);
@@ -243,10 +266,14 @@ impl<W: Socket> Session<'_, W> {
     /// (This and `send` return `async move` blocks rather than being `async fn`s, which would
     /// store their arguments twice in futures that every session carries.)
     #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
-    fn serve(mut self, resume: Option<&str>) -> impl Future<Output = Option<CloseReason>> {
+    fn serve(
+        mut self,
+        resume: Option<&str>,
+        unread: Option<u64>,
+    ) -> impl Future<Output = Option<CloseReason>> {
         async move {
             // Boxed: the greeting's state is not carried for the session's life.
-            let greeting = Box::pin(self.greet(resume));
+            let greeting = Box::pin(self.greet(resume, unread));
             if !greeting.await {
                 return None;
             }
@@ -336,7 +363,7 @@ impl<W: Socket> Session<'_, W> {
     }
 
     /// Sends `connected`, then replays the history after `resume`; false when the socket failed.
-    async fn greet(&mut self, resume: Option<&str>) -> bool {
+    async fn greet(&mut self, resume: Option<&str>, unread: Option<u64>) -> bool {
         // A fresh session's stream starts after the tenant's current position: the client gets
         // it in `connected`, so it can resume exactly even before its first event.
         if resume.is_none() {
@@ -353,6 +380,7 @@ impl<W: Socket> Session<'_, W> {
             connection_id: &self.span.connection_id(),
             node: &self.node.settings.node_id,
             last_event_id: position,
+            unread_count: unread,
         };
         if !self.send(Message::Text(connected.to_json().into())).await {
             return false;
@@ -379,6 +407,9 @@ impl<W: Socket> Session<'_, W> {
         // The client's id must be retained; the following pages continue by id order.
         let mut position = Position::Exact;
         let mut replayed = 0;
+        // What the live path would let through: the user's preferences and the connection's
+        // filter (read once; a change during the replay applies to live events).
+        let prefs = self.node.hub.preferences(self.membership);
         loop {
             let page = match self
                 .node
@@ -406,11 +437,13 @@ impl<W: Socket> Session<'_, W> {
             }
             let full = page.len() == REPLAY_PAGE;
             for (id, payload) in page {
-                let wanted = self
-                    .membership
-                    .filter
-                    .as_ref()
-                    .is_none_or(|f| f.allows_payload(&payload));
+                let meta = EventMeta::read(&payload);
+                let wanted = prefs.as_ref().is_none_or(|p| p.allows(meta.as_ref()))
+                    && self
+                        .membership
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| f.allows(meta.as_ref()));
                 if wanted && !self.send(Message::Text(payload.into_ws_text())).await {
                     return false;
                 }

@@ -23,8 +23,7 @@ use crate::auth::{Signer, Verifier};
 use crate::config::AuthArgs;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
-    Broker, Control, EngineError, EventSink, History, HistoryConfig, NodeRegistry, Position,
-    Published,
+    Broker, Control, EngineError, EventSink, History, HistoryConfig, Position, Published,
 };
 use crate::protocol::{EventDraft, EventId, EventType, ResyncReason};
 
@@ -49,18 +48,20 @@ async fn node(history: u32) -> (Arc<Node>, Arc<MemoryEngine>) {
     let engine = Arc::new(MemoryEngine::new(HistoryConfig {
         size: history,
         ttl: Duration::from_secs(3600),
+        ..HistoryConfig::default()
     }));
     let node = node_over(engine.clone(), engine.clone()).await;
     (node, engine)
 }
 
-async fn node_over(broker: Arc<dyn Broker>, registry: Arc<dyn NodeRegistry>) -> Arc<Node> {
+async fn node_over(broker: Arc<dyn Broker>, engine: Arc<MemoryEngine>) -> Arc<Node> {
     let verifier = Arc::new(Verifier::from_args(&auth_args()).expect("verifier"));
     let node = Arc::new(Node::new(
         Settings::for_tests("test-node"),
         verifier,
         broker,
-        registry,
+        engine.clone(),
+        engine,
     ));
     lifecycle::start(&node).await.expect("start");
     node
@@ -429,6 +430,7 @@ async fn a_half_made_subscription_is_undone() {
     let config = HistoryConfig {
         size: 10,
         ttl: Duration::from_secs(60),
+        ..HistoryConfig::default()
     };
     let broker = Arc::new(NoHistory {
         inner: MemoryEngine::new(config),

@@ -13,10 +13,10 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::Node;
-use super::filter::EventFilter;
 use super::node::ConnectionGuard;
 use super::session::{self, Handshake};
 use crate::auth::{AuthError, bearer_token};
+use crate::notifications::EventFilter;
 use crate::protocol::{BEARER_PREFIX, CloseReason, LAST_ID_PREFIX, SUBPROTOCOL};
 
 /// The WebSocket route, for any router state that can hand out the node.

@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 
 use super::rfc3339_millis;
 
-/// The seven event types (docs/PROTOCOL.md, event types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The seven event types (docs/PROTOCOL.md, event types), ordered as documented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     /// Expiry within a warning threshold.

@@ -209,6 +209,9 @@ pub enum ServerMessage<'a> {
         /// the tenant has no history yet). A client that has seen no event resumes from it.
         #[serde(rename = "lastEventId", skip_serializing_if = "Option::is_none")]
         last_event_id: Option<String>,
+        /// The user's unread notifications, when the token names a user.
+        #[serde(rename = "unreadCount", skip_serializing_if = "Option::is_none")]
+        unread_count: Option<u64>,
     },
     /// Reply to a client `ping`.
     Pong {
@@ -233,6 +236,27 @@ pub enum ServerMessage<'a> {
         /// Human-readable explanation.
         message: &'a str,
     },
+    /// The user's read state changed (on any node); not an event.
+    NotificationState {
+        /// Unread notifications now.
+        #[serde(rename = "unreadCount")]
+        unread_count: u64,
+        /// Notifications marked read or unread.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        changed: Option<Vec<ReadFlag>>,
+        /// After a read-all: everything up to this id is read.
+        #[serde(rename = "readUpTo", skip_serializing_if = "Option::is_none")]
+        read_up_to: Option<String>,
+    },
+}
+
+/// One notification's new read flag in `notification_state`.
+#[derive(Debug, Serialize)]
+pub struct ReadFlag {
+    /// The notification (event) id.
+    pub id: String,
+    /// Read now.
+    pub read: bool,
 }
 
 impl ServerMessage<'_> {

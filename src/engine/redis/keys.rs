@@ -54,6 +54,29 @@ pub fn idempotency_expiry_key(t: &str) -> String {
     format!("license:idem-exp:{{{t}}}")
 }
 
+/// The notification keys of tenant `t`, in the order the scripts take them: ids (sorted set),
+/// items (hash id → envelope), read states (hash user → state), preferences (hash user → JSON).
+pub fn notification_keys(t: &str) -> [String; 4] {
+    [
+        format!("license:notif-ids:{{{t}}}"),
+        format!("license:notif:{{{t}}}"),
+        format!("license:notif-read:{{{t}}}"),
+        format!("license:notif-prefs:{{{t}}}"),
+    ]
+}
+
+/// The halves of tenant `t`'s stats keys around their kind: `license:notif-<kind>:{t}:<day>`
+/// (`stats`: hash `<type>:p|d`; `readers:…:<type>`: HyperLogLog; `ttr:…:<type>`: seconds).
+pub fn stats_key_parts(t: &str) -> [String; 2] {
+    ["license:notif-".to_owned(), format!(":{{{t}}}:")]
+}
+
+/// Tenant `t`'s per-type counts of `day`.
+pub fn stats_key(t: &str, day: u64) -> String {
+    let [a, b] = stats_key_parts(t);
+    format!("{a}stats{b}{day}")
+}
+
 /// Sorted set of tenants scored by when they next owe a notice (ms).
 pub const DEADLINES_KEY: &str = "license:deadlines";
 
@@ -77,5 +100,12 @@ mod tests {
         assert_eq!(tenant_of_channel("license:other:{acme}"), None);
         assert_eq!(tenant_of_doc_key(&doc_key("a-1")), Some("a-1"));
         assert_eq!(tenant_of_doc_key(&usage_key("a-1")), None);
+        assert_eq!(stats_key("acme", 7), "license:notif-stats:{acme}:7");
+        for key in notification_keys("acme") {
+            assert!(
+                key.starts_with("license:notif") && key.ends_with(":{acme}"),
+                "{key}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod control;
 pub mod keys;
+pub mod notifications;
 pub mod probe;
 pub mod registry;
 pub mod scripts;
@@ -102,6 +103,13 @@ impl RedisState {
 
     fn set_subscriptions_ok(&self, ok: bool) {
         self.subscriptions_ok.store(ok, Ordering::Relaxed);
+    }
+}
+
+impl RedisEngine {
+    /// The publish command scripts use: sharded pub/sub on a cluster.
+    fn publish_command(&self) -> &'static str {
+        if self.cluster { "SPUBLISH" } else { "PUBLISH" }
     }
 }
 

@@ -24,13 +24,23 @@ pub struct Scripts {
     pub seat_release: Script,
     /// `seat_refresh.lua`: a node's seats of a tenant set and kept alive.
     pub seat_refresh: Script,
+    /// `notifications.lua`: one user's notifications, read state and preferences; stats.
+    pub notifications: Script,
 }
 
 impl Default for Scripts {
     /// The scripts, from the files compiled into the binary.
     fn default() -> Self {
         Self {
-            apply: Script::from_lua(include_str!("scripts/apply.lua")),
+            // Both carry the notification rules of `inbox.lua`.
+            apply: Script::from_lua(concat!(
+                include_str!("scripts/inbox.lua"),
+                include_str!("scripts/apply.lua")
+            )),
+            notifications: Script::from_lua(concat!(
+                include_str!("scripts/inbox.lua"),
+                include_str!("scripts/notifications.lua")
+            )),
             load: Script::from_lua(include_str!("scripts/load.lua")),
             history: Script::from_lua(include_str!("scripts/history.lua")),
             newest_id: Script::from_lua(include_str!("scripts/newest_id.lua")),
@@ -51,6 +61,8 @@ pub struct ApplySpec<'a> {
     notices: Vec<SwapSpec<'a>>,
     /// Each event's envelope before and after its id (the script fills the id in).
     events: &'a [(String, String)],
+    /// Each event's type, severity (0–2) and module, for the notification rules.
+    meta: Vec<(&'static str, u8, Option<&'a str>)>,
     /// The publisher's idempotency key, if any.
     idem: Option<IdemSpec<'a>>,
 }
@@ -101,6 +113,17 @@ impl<'a> ApplySpec<'a> {
                 })
                 .collect(),
             events,
+            meta: change
+                .events
+                .iter()
+                .map(|d| {
+                    (
+                        d.event_type.as_str(),
+                        d.event_type.severity() as u8,
+                        d.data.get("module").and_then(|m| m.as_str()),
+                    )
+                })
+                .collect(),
             idem: change.idempotency.as_ref().map(|k| IdemSpec {
                 key: &k.key,
                 fp: &k.fingerprint,

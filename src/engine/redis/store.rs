@@ -6,7 +6,7 @@ use fred::prelude::*;
 
 use super::keys::{
     DEADLINES_KEY, DOC_PATTERN, doc_key, events_channel, history_key, idempotency_expiry_key,
-    idempotency_key, notices_key, tenant_of_doc_key, usage_key,
+    idempotency_key, notices_key, notification_keys, stats_key_parts, tenant_of_doc_key, usage_key,
 };
 use super::scripts::{ApplySpec, LoadedRecord};
 use super::{RedisEngine, unavailable};
@@ -25,7 +25,7 @@ impl LicenseStore for RedisEngine {
             .collect();
         let spec = serde_json::to_string(&ApplySpec::new(change, &parts))
             .map_err(|e| EngineError::Protocol(e.to_string()))?;
-        let keys = vec![
+        let mut keys = vec![
             history_key(tenant),
             events_channel(tenant),
             doc_key(tenant),
@@ -33,11 +33,18 @@ impl LicenseStore for RedisEngine {
             idempotency_key(tenant),
             idempotency_expiry_key(tenant),
         ];
+        keys.extend(notification_keys(tenant));
+        let [stats_a, stats_b] = stats_key_parts(tenant);
+        let retention = self.history.notifications;
         let args: Vec<Value> = vec![
             (self.history.size as i64).into(),
             (self.history.ttl.as_millis() as i64).into(),
-            if self.cluster { "SPUBLISH" } else { "PUBLISH" }.into(),
+            self.publish_command().into(),
             spec.into(),
+            (retention.age.as_millis().max(1) as i64).into(),
+            (retention.max as i64).into(),
+            stats_a.into(),
+            stats_b.into(),
         ];
         // The Redis hop of the publish trace (OpenTelemetry database client conventions).
         let redis_span = tracing::info_span!(

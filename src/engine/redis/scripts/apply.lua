@@ -6,11 +6,16 @@
 -- An idempotency key (spec.idem, one-event publishes) is looked up first and recorded with the
 -- event: a key seen before answers the earlier event (same fingerprint) or 'reused'.
 --
+-- Each event is also kept as a notification (inbox.lua, prepended): users whose preferences
+-- mute it get it as read, and the tenant's notifications are trimmed to their retention.
+--
 -- KEYS: history stream, channel, document, notice hash, idempotency hash (key →
--- 'fingerprint\nid\nenvelope'), idempotency expiry set (key scored by expiry ms).
+-- 'fingerprint\nid\nenvelope'), idempotency expiry set (key scored by expiry ms), then the
+-- notification keys: ids, items, states, prefs.
 -- ARGV: max length, ttl in ms, publish command (PUBLISH, or SPUBLISH on a cluster), the change
 -- as JSON ({doc_check, doc_expect, doc_write, doc_set, notices, events: [[prefix, suffix]],
--- idem: {key, fp, ttl, max} | null}).
+-- meta: [[type, severity 0-2, module | null]], idem: {key, fp, ttl, max} | null}), notification
+-- retention in ms, notifications kept at most, the two halves of a stats key around its kind.
 -- Reply: {'ok', id…} | {'conflict'} | {'replayed', id, envelope} | {'reused'}.
 local spec = cjson.decode(ARGV[4])
 local idem = spec.idem
@@ -63,16 +68,37 @@ if #last > 0 then
     seq = tonumber(lseq) + 1
   end
 end
+local k = {ids = KEYS[7], items = KEYS[8], states = KEYS[9], prefs = KEYS[10],
+  retention = tonumber(ARGV[5]), max = tonumber(ARGV[6]), stats = {ARGV[7], ARGV[8]}}
+local prefs = {}
+local flat = redis.call('HGETALL', k.prefs)
+for i = 1, #flat, 2 do prefs[#prefs + 1] = {flat[i], cjson.decode(flat[i + 1]).p} end
 local first_payload
-for _, e in ipairs(spec.events) do
+for i, e in ipairs(spec.events) do
   local id = string.format('%d-%d', ms, seq)
   local payload = e[1] .. id .. e[2]
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'event', payload)
   redis.call(ARGV[3], KEYS[2], payload)
+  local meta = spec.meta[i]
+  redis.call('ZADD', k.ids, N.score(id), id)
+  redis.call('HSET', k.items, id, payload)
+  local day = N.stats_key(k, 'stats', id)
+  redis.call('HINCRBY', day, meta[1] .. ':p', 1)
+  redis.call('PEXPIRE', day, k.retention + 86400000)
+  for _, p in ipairs(prefs) do
+    if N.muted(p[2], meta[1], meta[2], meta[3]) then
+      local st = N.load(k, p[1])
+      N.set_read(k, st, id, true)
+      N.save(k, p[1], st)
+    end
+  end
   table.insert(out, id)
   first_payload = first_payload or payload
   seq = seq + 1
 end
+N.trim(k, ms)
+redis.call('PEXPIRE', k.ids, k.retention)
+redis.call('PEXPIRE', k.items, k.retention)
 if type(idem) == 'table' then
   redis.call('HSET', KEYS[5], idem.key, idem.fp .. '\n' .. out[2] .. '\n' .. first_payload)
   redis.call('ZADD', KEYS[6], now_ms + idem.ttl, idem.key)

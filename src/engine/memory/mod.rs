@@ -1,5 +1,7 @@
 //! The embedded engine: one node, no Redis. Events are numbered, kept for resume and delivered
-//! in-process; the node registry holds just this node.
+//! in-process; the node registry holds just this node. Notifications: [`notifications`].
+
+mod notifications;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock, Weak};
@@ -14,6 +16,7 @@ use super::{
     HistoryConfig, IDEMPOTENCY_MAX_KEYS, IdempotencyKey, LicenseStore, NodeRegistry, NodeStats,
     Position, Published, TenantRecord, store,
 };
+use crate::notifications::inbox::Inbox;
 use crate::protocol::{EventDraft, EventId, Payload, now_ms};
 
 /// One tenant's retained events and license state.
@@ -24,6 +27,8 @@ struct TenantLog {
     record: TenantRecord,
     /// Idempotency keys: key → (fingerprint, the event, when the key is forgotten).
     keys: HashMap<String, (String, Published, Instant)>,
+    /// Notifications, read state, preferences, stats.
+    inbox: Inbox,
 }
 
 impl TenantLog {
@@ -103,6 +108,8 @@ impl MemoryEngine {
         let payload = Payload::from(draft.envelope_json(id, trace));
         crate::metrics::event_published(draft.event_type);
         log.entries.push_back((id, payload.clone()));
+        log.inbox
+            .record(id, &payload, now, self.history.notifications);
         while log.entries.len() > self.history.size as usize {
             log.entries.pop_front();
         }
@@ -366,6 +373,7 @@ mod tests {
         MemoryEngine::new(HistoryConfig {
             size,
             ttl: Duration::from_secs(3600),
+            ..HistoryConfig::default()
         })
     }
 

@@ -127,7 +127,22 @@ impl EventFilter {
 impl<'a> EventMeta<'a> {
     /// The type and module of an envelope; `None` when it is not one.
     pub fn read(payload: &'a Payload) -> Option<Self> {
-        serde_json::from_str(payload.as_str()).ok()
+        Self::parse(payload.as_str())
+    }
+
+    /// [`EventMeta::read`] for envelope text.
+    pub fn parse(envelope: &'a str) -> Option<Self> {
+        serde_json::from_str(envelope).ok()
+    }
+
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
+        self.event_type
+    }
+
+    /// The module it names (`data.module`), if any.
+    pub fn module(&self) -> Option<&str> {
+        self.data.as_ref().and_then(|d| d.module.as_deref())
     }
 }
 
