@@ -296,7 +296,7 @@ async fn demo_page_screenshot() {
     let url = format!(
         "{}/?token={}&admin={}",
         gateway.http_url(""),
-        tenant_token("acme"),
+        user_token("acme", "alice"),
         admin_key()
     );
     browser.goto(&url).await;
@@ -420,4 +420,196 @@ async fn a_revoked_client_asks_for_a_new_token_or_stays_offline() {
             .await,
         "offline"
     );
+}
+
+/// The bell's count of `tab`'s page, as shown.
+const BELL: &str =
+    "document.getElementById('bell').hidden ? null : document.getElementById('unread').textContent";
+
+/// Opens the demo page as `user` of acme and waits until it is connected with its bell shown.
+async fn open_user_page(browser: &Browser, base: &str, user: &str) {
+    browser
+        .goto(&format!("{base}/?token={}", user_token("acme", user)))
+        .await;
+    browser
+        .wait_for(
+            "window.licenseClient && window.licenseClient.state === 'open' && !document.getElementById('bell').hidden",
+            WAIT,
+        )
+        .await;
+}
+
+/// The notification center in the demo page: the bell's count, the panel, mark read, read-all,
+/// the same user's second tab following every change, the preferences dialog muting a type (no
+/// toast for it; an error still toasts). Takes the README's screenshot of the panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bell_panel_read_state_across_tabs_and_preferences() {
+    let gateway = Gateway::start(GatewayOptions::memory()).await;
+    put(
+        gateway.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(true),
+    )
+    .await;
+    for (t, data) in [
+        (
+            "usage_limit_warning",
+            json!({"metric": "users", "used": 85, "limit": 100, "percent": 85}),
+        ),
+        (
+            "module_deactivated",
+            json!({"module": "analytics", "reason": "disabled"}),
+        ),
+        (
+            "license_expiring",
+            json!({"expiresAt": rfc3339_in(7 * DAY), "daysLeft": 7, "threshold": 7}),
+        ),
+    ] {
+        publish(gateway.port, "acme", t, data).await;
+    }
+    let base = gateway.http_url("");
+    let browser = Browser::start().await;
+    let first = browser.tab().await;
+    open_user_page(&browser, &base, "alice").await;
+    // The license's creation and the three events.
+    assert_eq!(
+        browser
+            .wait_for(&format!("{BELL} === '4' && {BELL}"), WAIT)
+            .await,
+        "4"
+    );
+    let second = browser.new_tab().await;
+    open_user_page(&browser, &base, "alice").await;
+    browser.wait_for(&format!("{BELL} === '4'"), WAIT).await;
+
+    // Tab one: open the panel, mark the newest read.
+    browser.switch_to(&first).await;
+    browser
+        .eval("document.getElementById('bell').click();")
+        .await;
+    let rows = "document.querySelectorAll('#inbox li[data-id]').length";
+    assert_eq!(
+        browser
+            .wait_for(&format!("{rows} === 4 && {rows}"), WAIT)
+            .await,
+        4
+    );
+    browser
+        .eval("document.querySelector('#inbox li[data-id] button.toggle').click();")
+        .await;
+    browser.wait_for(&format!("{BELL} === '3'"), WAIT).await;
+    browser
+        .wait_for(
+            "document.querySelector('#inbox li[data-id]').dataset.read === 'true'",
+            WAIT,
+        )
+        .await;
+
+    // Tab two follows within a second, and its panel shows the same read flag.
+    browser.switch_to(&second).await;
+    let started = Instant::now();
+    browser.wait_for(&format!("{BELL} === '3'"), WAIT).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    browser
+        .eval("document.getElementById('bell').click();")
+        .await;
+    browser
+        .wait_for("document.querySelector('#inbox li[data-id]') && document.querySelector('#inbox li[data-id]').dataset.read === 'true'", WAIT)
+        .await;
+    browser
+        .eval("document.getElementById('read-all').click();")
+        .await;
+    browser.wait_for(&format!("{BELL} === '0'"), WAIT).await;
+    browser.switch_to(&first).await;
+    browser.wait_for(&format!("{BELL} === '0'"), WAIT).await;
+    browser
+        .wait_for("[...document.querySelectorAll('#inbox li[data-id]')].every(li => li.dataset.read === 'true')", WAIT)
+        .await;
+
+    // Preferences dialog in tab one: mute module activations.
+    browser
+        .eval("document.getElementById('prefs-open').click();")
+        .await;
+    browser
+        .wait_for("document.getElementById('prefs').open", WAIT)
+        .await;
+    browser
+        .eval("document.querySelector('[data-mute=\"module_activated\"]').checked = true; document.getElementById('prefs-save').click();")
+        .await;
+    browser
+        .wait_for("!document.getElementById('prefs').open", WAIT)
+        .await;
+    let (status, stored) = http(
+        gateway.port,
+        "GET",
+        "/api/notifications/preferences",
+        Some(&user_token("acme", "alice")),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(stored.contains("module_activated"), "{stored}");
+    publish(
+        gateway.port,
+        "acme",
+        "module_activated",
+        json!({"module": "payroll"}),
+    )
+    .await;
+    publish(
+        gateway.port,
+        "acme",
+        "license_expired",
+        json!({"expiredAt": rfc3339_in(-60)}),
+    )
+    .await;
+    for tab in [&first, &second] {
+        browser.switch_to(tab).await;
+        // The error arrives (after the muted one, had it been sent) and raises the count.
+        browser
+            .wait_for(
+                "window.licenseClient.notifications.some(n => n.type === 'license_expired')",
+                WAIT,
+            )
+            .await;
+        browser.wait_for(&format!("{BELL} === '1'"), WAIT).await;
+        assert_eq!(
+            browser
+                .eval("return window.licenseClient.notifications.filter(n => n.type === 'module_activated').length;")
+                .await,
+            0,
+            "no toast for a muted type"
+        );
+    }
+
+    // The panel with unread ones, for the README.
+    browser.switch_to(&first).await;
+    for (t, data) in [
+        (
+            "usage_limit_exceeded",
+            json!({"metric": "users", "used": 104, "limit": 100, "percent": 104}),
+        ),
+        (
+            "module_deactivated",
+            json!({"module": "reports", "reason": "expired"}),
+        ),
+    ] {
+        publish(gateway.port, "acme", t, data).await;
+    }
+    browser.wait_for(&format!("{BELL} === '3'"), WAIT).await;
+    browser.eval("window.licenseClient.clear();").await;
+    let png = browser.screenshot().await;
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notifications.png"), &png).unwrap();
+    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/notifications.png");
+        std::fs::write(docs, &png).unwrap();
+    }
 }

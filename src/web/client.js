@@ -12,6 +12,11 @@
 // resumes with the last event id it saw, so a reconnect loses nothing, and refreshes its token
 // in-band (via `getToken`) before it expires. After `license_expired`, `module_deactivated`,
 // `license_updated` and `resync_required` it refetches `GET /api/license`.
+//
+// Notification center (tokens that name a user): `client.unreadCount` (on "unread"), the stored
+// list (`listNotifications`, kept in `client.inbox`, on "inbox"), `markRead`, `markUnread`,
+// `readAll`, and preferences (`getPreferences`, `setPreferences`, on "preferences"). Changes made
+// in any tab, on any node, arrive as `notification_state` and update the count and the list here.
 
 export const STATES = Object.freeze(["connecting", "open", "reconnecting", "offline"]);
 
@@ -43,6 +48,17 @@ export function describe(event) {
     default:
       return event.type;
   }
+}
+
+const SEVERITY_RANK = { info: 0, warning: 1, error: 2 };
+
+/** Whether preferences keep an event from the user (the server's rule: errors always pass). */
+export function mutedBy(preferences, event) {
+  if (!preferences || event.severity === "error") return false;
+  if ((SEVERITY_RANK[event.severity] ?? 0) < (SEVERITY_RANK[preferences.minSeverity] ?? 0)) return true;
+  if ((preferences.mutedTypes || []).includes(event.type)) return true;
+  const module = event.data && event.data.module;
+  return Array.isArray(preferences.modules) && typeof module === "string" && !preferences.modules.includes(module);
 }
 
 /** Milliseconds-and-sequence ordering of event ids ("<ms>-<seq>"). */
@@ -96,6 +112,12 @@ export class LicenseClient {
     this.connectionId = null;
     this.license = null;
     this.notifications = [];
+    /** Unread notifications of the token's user; null until known (or without a user). */
+    this.unreadCount = null;
+    /** The stored notifications last listed, newest first, kept in sync: `{items, nextBefore}`. */
+    this.inbox = null;
+    /** The user's preferences once fetched or saved. */
+    this.preferences = null;
     this.attempt = 0;
     this.lastClose = null;
     this._listeners = new Map();
@@ -112,8 +134,9 @@ export class LicenseClient {
     if (this.fetchLicenseEnabled) this.refetchLicense();
   }
 
-  /** Subscribes to an event type, "*" (every event), "state", "notifications", "license",
-   *  "resync" or "error"; returns a function that unsubscribes. */
+  /** Subscribes to an event type, "*" (every event), "state", "notifications" (toasts),
+   *  "license", "resync", "unread" (count), "inbox" (stored list), "readstate"
+   *  (`notification_state`), "preferences" or "error"; returns a function that unsubscribes. */
   on(type, callback) {
     if (!this._listeners.has(type)) this._listeners.set(type, new Set());
     this._listeners.get(type).add(callback);
@@ -156,6 +179,103 @@ export class LicenseClient {
       this._emit("error", error);
       return this.license;
     }
+  }
+
+  // --- notification center ---------------------------------------------------------------------
+
+  /** Lists stored notifications, newest first: `{limit, before, unread, types, minSeverity}`.
+   *  Without `before` the result becomes `client.inbox`; with it, the page is appended. */
+  async listNotifications(options = {}) {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(options)) {
+      if (value !== undefined && value !== null) query.set(key, Array.isArray(value) ? value.join(",") : String(value));
+    }
+    const page = await this._api("GET", `/api/notifications?${query}`);
+    this._setUnread(page.unreadCount);
+    if (!options.before || !this.inbox) {
+      this.inbox = { items: page.items, nextBefore: page.nextBefore };
+    } else {
+      this.inbox = { items: [...this.inbox.items, ...page.items], nextBefore: page.nextBefore };
+    }
+    this._emit("inbox", this.inbox);
+    return page;
+  }
+
+  /** Marks one notification read; resolves to the unread count. */
+  markRead(id) {
+    return this._readState(`/api/notifications/${encodeURIComponent(id)}/read`, { changed: [{ id, read: true }] });
+  }
+
+  /** Marks one notification unread; resolves to the unread count. */
+  markUnread(id) {
+    return this._readState(`/api/notifications/${encodeURIComponent(id)}/unread`, { changed: [{ id, read: false }] });
+  }
+
+  /** Marks everything read, up to and including `upTo` when given; resolves to the unread count. */
+  readAll(upTo) {
+    const newest = this.inbox && this.inbox.items[0] && this.inbox.items[0].id;
+    return this._readState("/api/notifications/read-all", { readUpTo: upTo || newest }, upTo ? { upTo } : {});
+  }
+
+  /** The user's preferences: `{mutedTypes, minSeverity, modules}`. */
+  async getPreferences() {
+    this.preferences = await this._api("GET", "/api/notifications/preferences");
+    this._emit("preferences", this.preferences);
+    return this.preferences;
+  }
+
+  /** Replaces the user's preferences; they apply at once to every tab on every node. */
+  async setPreferences(preferences) {
+    this.preferences = await this._api("PUT", "/api/notifications/preferences", preferences);
+    this._emit("preferences", this.preferences);
+    return this.preferences;
+  }
+
+  async _readState(path, change, body) {
+    const { unreadCount } = await this._api("POST", path, body);
+    // The same change arrives as notification_state too; applying it twice is harmless.
+    this._applyReadState({ ...change, unreadCount });
+    return unreadCount;
+  }
+
+  _applyReadState(state) {
+    this._setUnread(state.unreadCount);
+    if (this.inbox) {
+      const flags = new Map((state.changed || []).map((c) => [c.id, c.read]));
+      const upTo = state.readUpTo;
+      this.inbox = {
+        ...this.inbox,
+        items: this.inbox.items.map((item) => {
+          if (flags.has(item.id)) return { ...item, read: flags.get(item.id) };
+          if (upTo && !newer(item.id, upTo)) return { ...item, read: true };
+          return item;
+        }),
+      };
+      this._emit("inbox", this.inbox);
+    }
+  }
+
+  _setUnread(count) {
+    if (typeof count !== "number" || this.unreadCount === count) return;
+    this.unreadCount = count;
+    this._emit("unread", count);
+  }
+
+  async _api(method, path, body) {
+    const token = await this._token();
+    const response = await fetch(`${this.apiBase}${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const json = await response.json().catch(() => null);
+    if (!response.ok) {
+      const error = new Error((json && json.error && json.error.message) || `${method} ${path}: ${response.status}`);
+      error.status = response.status;
+      error.detail = json && json.error;
+      throw error;
+    }
+    return json;
   }
 
   // --- internals -----------------------------------------------------------------------------
@@ -271,6 +391,7 @@ export class LicenseClient {
         this.attempt = 0;
         this.node = message.node;
         this.connectionId = message.connectionId;
+        this._setUnread(message.unreadCount);
         this._setState("open");
         this._scheduleRefresh();
         return;
@@ -281,6 +402,10 @@ export class LicenseClient {
         return;
       case "error":
         console.warn("license gateway:", message.message);
+        return;
+      case "notification_state":
+        this._applyReadState(message);
+        this._emit("readstate", message);
         return;
       case "resync_required":
         this._emit("resync", message);
@@ -306,10 +431,17 @@ export class LicenseClient {
       data: event.data || {},
       event,
     };
-    this.notifications = [...this.notifications, notification].slice(-this.maxNotifications);
+    // The server already keeps muted events away; this covers the moment a change is in flight.
+    const muted = mutedBy(this.preferences, notification);
+    if (!muted) this.notifications = [...this.notifications, notification].slice(-this.maxNotifications);
+    if (event.id && this.unreadCount !== null) this._setUnread(this.unreadCount + 1);
+    if (event.id && this.inbox && !this.inbox.items.some((item) => item.id === event.id)) {
+      this.inbox = { ...this.inbox, items: [{ ...event, read: false }, ...this.inbox.items] };
+      this._emit("inbox", this.inbox);
+    }
     this._emit(event.type, event);
     this._emit("*", event);
-    this._emit("notifications", this.notifications);
+    if (!muted) this._emit("notifications", this.notifications);
     if (this.fetchLicenseEnabled && REFETCH_AFTER.has(event.type)) this.refetchLicense();
   }
 }

@@ -76,6 +76,65 @@ client.on("*", (event) => {
   log.prepend(item);
 });
 
+// Notification center: the bell shows once the token names a user (connected.unreadCount).
+const TYPES = ["license_expiring", "license_expired", "usage_limit_warning", "usage_limit_exceeded",
+  "module_activated", "module_deactivated", "license_updated"];
+let preferencesLoaded = false;
+client.on("unread", (count) => {
+  $("bell").hidden = false;
+  $("unread").textContent = count > 99 ? "99+" : String(count);
+  $("unread").dataset.count = String(count);
+  if (!preferencesLoaded) {
+    preferencesLoaded = true;
+    client.getPreferences().catch(() => {}); // for the toasts' own mute check
+  }
+});
+$("bell").onclick = async () => {
+  $("panel").hidden = !$("panel").hidden;
+  if (!$("panel").hidden) await client.listNotifications({ limit: 20 }).catch((e) => console.warn(e));
+};
+function renderInbox(inbox) {
+  $("inbox").innerHTML = inbox.items.length ? inbox.items.map((n) =>
+    `<li data-id="${esc(n.id)}" data-read="${n.read}"><span class="dot" data-severity="${esc(n.severity)}"></span>` +
+    `<span class="text">${esc(describe(n))}<time>${esc(new Date(n.timestamp).toLocaleString())}</time></span>` +
+    `<button class="toggle" data-toggle-read="${esc(n.id)}">${n.read ? "Mark unread" : "Mark read"}</button></li>`).join("")
+    : '<li class="hint">No notifications.</li>';
+  $("more").hidden = !inbox.nextBefore;
+}
+client.on("inbox", renderInbox);
+$("inbox").onclick = (e) => {
+  const id = e.target.dataset && e.target.dataset.toggleRead;
+  if (!id) return;
+  const item = client.inbox.items.find((n) => n.id === id);
+  (item && item.read ? client.markUnread(id) : client.markRead(id)).catch((err) => alert(err.message));
+};
+$("read-all").onclick = () => client.readAll().catch((err) => alert(err.message));
+$("more").onclick = () => client.listNotifications({ limit: 20, before: client.inbox.nextBefore });
+$("pref-types").innerHTML = "Mute:" + TYPES.map((t) =>
+  `<label><input type="checkbox" data-mute="${t}"> ${t.replace(/_/g, " ")}</label>`).join("");
+$("prefs-open").onclick = async () => {
+  const p = await client.getPreferences();
+  for (const box of document.querySelectorAll("[data-mute]")) box.checked = p.mutedTypes.includes(box.dataset.mute);
+  $("pref-severity").value = p.minSeverity;
+  $("pref-modules").value = (p.modules || []).join(", ");
+  $("prefs-error").textContent = "";
+  $("prefs").showModal();
+};
+$("prefs-save").onclick = async (e) => {
+  e.preventDefault();
+  const modules = $("pref-modules").value.split(",").map((m) => m.trim()).filter(Boolean);
+  try {
+    await client.setPreferences({
+      mutedTypes: [...document.querySelectorAll("[data-mute]:checked")].map((b) => b.dataset.mute),
+      minSeverity: $("pref-severity").value,
+      modules: modules.length ? modules : null,
+    });
+    $("prefs").close();
+  } catch (error) {
+    $("prefs-error").textContent = error.message;
+  }
+};
+
 // Demo controls (admin token in the URL).
 async function adminCall(method, path, body) {
   const response = await fetch(path, { method, headers: { Authorization: `Bearer ${admin}`, "Content-Type": "application/json" },
