@@ -300,6 +300,11 @@ async fn read_state_is_per_user_and_listed_newest_first(backend: Backend) {
     assert_eq!(updated["readBy"], 2, "{stats}");
     assert!(updated["medianSecondsToRead"].as_f64().is_some(), "{stats}");
     assert_eq!(stats["types"]["license_expired"]["published"], 0);
+    // Counted without tenant or user labels: 3 reads, 1 unread, 3 read-alls (refusals are not).
+    assert_eq!(
+        metric(port, "license_gateway_notification_reads_total").await,
+        7.0
+    );
 }
 
 /// Tokens without a user, bad query values, bad preference bodies and other credentials are
@@ -472,6 +477,11 @@ async fn preferences_mute_live_and_keep_muted_ones_read(backend: Backend) {
         .map(|e| e["type"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(replayed, ["license_expired", "usage_limit_warning"]);
+    // Two events were kept from alice's one connection.
+    assert_eq!(
+        metric(port, "license_gateway_events_filtered_total").await,
+        2.0
+    );
     // Back to the defaults: everything arrives again.
     http(
         port,
@@ -490,6 +500,24 @@ async fn preferences_mute_live_and_keep_muted_ones_read(backend: Backend) {
     )
     .await;
     assert_eq!(alice.drain(QUIET).await.len(), 1);
+
+    // Connections reached, as each node reports them every few seconds: license_expired went
+    // live to alice and bob; module_activated to bob (payroll), then to all three (reports).
+    let path = "/api/admin/tenants/acme/notifications/stats";
+    eventually(
+        Duration::from_secs(15),
+        "delivery counts reported",
+        || async {
+            let (_, body) = http(port, "GET", path, Some(&admin_key()), None)
+                .await
+                .ok()?;
+            let stats: Value = serde_json::from_str(&body).ok()?;
+            let delivered = |t: &str| stats["types"][t]["delivered"].as_u64();
+            (delivered("license_expired") == Some(2) && delivered("module_activated") == Some(4))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// `NOTIFICATION_MAX` keeps the newest; `NOTIFICATION_RETENTION_DAYS` drops the old, in the

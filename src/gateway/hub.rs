@@ -18,7 +18,7 @@ use super::outbox::{Outbox, QueueLimits};
 use super::recovery::{FillOutcome, Member, Sessions, TenantStream, resync_reason};
 use crate::engine::{Broker, Control, EngineError, EventSink, Position};
 use crate::notifications::EventFilter;
-use crate::notifications::{Preferences, Versioned};
+use crate::notifications::Versioned;
 use crate::protocol::{CloseReason, EventId, EventType, Payload};
 
 /// How long a first session waits for its tenant's subscription before giving up.
@@ -139,7 +139,6 @@ impl Hub {
                 user: user.map(Box::from),
                 filter: filter.clone(),
                 prefs: None,
-                prefs_version: 0,
             };
             entry.sessions.insert(id, member);
             (key, entry.subscribed.clone(), entry.stream.position())
@@ -265,23 +264,32 @@ impl Hub {
 
     /// Applies the user's preferences, as read at connect, to a session, unless a newer
     /// version already arrived (a change made meanwhile).
-    pub fn set_preferences(&self, membership: &Membership, preferences: &Versioned) {
+    pub fn set_preferences(&self, membership: &Membership, preferences: Arc<Versioned>) {
         let mut shard = self.shard(&membership.tenant);
         if let Some(member) = shard
             .get_mut(&membership.tenant)
             .and_then(|e| e.sessions.get_mut(&membership.id))
         {
-            apply_preferences(member, preferences);
+            apply_preferences(member, &preferences);
         }
     }
 
     /// The user's preferences as this node applies them to `membership`'s session (for a
     /// resume replay).
-    pub fn preferences(&self, membership: &Membership) -> Option<Arc<Preferences>> {
+    pub fn preferences(&self, membership: &Membership) -> Option<Arc<Versioned>> {
         self.shard(&membership.tenant)
             .get(&membership.tenant)
             .and_then(|e| e.sessions.get(&membership.id))
             .and_then(|m| m.prefs.clone())
+    }
+
+    /// The user `membership`'s session was opened for (read once, at connect: the session
+    /// itself does not carry a copy).
+    pub fn user(&self, membership: &Membership) -> Option<Box<str>> {
+        self.shard(&membership.tenant)
+            .get(&membership.tenant)
+            .and_then(|e| e.sessions.get(&membership.id))
+            .and_then(|m| m.user.clone())
     }
 
     /// Connections reached per tenant and event type since the last call, for the stats.
@@ -416,11 +424,13 @@ impl Hub {
 }
 
 /// Sets a member's preferences unless it has a newer version.
-fn apply_preferences(member: &mut Member, preferences: &Versioned) {
-    if preferences.version > member.prefs_version {
-        member.prefs_version = preferences.version;
-        member.prefs = (!preferences.preferences.is_default())
-            .then(|| Arc::new(preferences.preferences.clone()));
+fn apply_preferences(member: &mut Member, preferences: &Arc<Versioned>) {
+    if member
+        .prefs
+        .as_ref()
+        .is_none_or(|p| preferences.version > p.version)
+    {
+        member.prefs = Some(preferences.clone());
     }
 }
 
@@ -468,6 +478,8 @@ impl EventSink for Hub {
                 }
             }
             Control::Preferences { user, preferences } => {
+                // One copy shared by the user's sessions on this node.
+                let preferences = Arc::new(preferences);
                 let mut shard = self.shard(tenant);
                 let Some(entry) = shard.get_mut(tenant) else {
                     return;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::outbox::{Item, Outbox};
 use crate::engine::History;
-use crate::notifications::{EventMeta, Preferences};
+use crate::notifications::{EventMeta, Versioned};
 use crate::protocol::{EventId, EventType, Payload, ResyncReason};
 
 /// Live events held per tenant while a gap is filled, at most this many (then: resync).
@@ -30,17 +30,17 @@ pub struct Member {
     pub user: Option<Box<str>>,
     /// What the connection asked to receive, when it narrowed it.
     pub filter: Option<Arc<crate::notifications::EventFilter>>,
-    /// The user's preferences, when not the defaults, and their version.
-    pub prefs: Option<Arc<Preferences>>,
-    /// The version of `prefs` (0: none applied yet).
-    pub prefs_version: u64,
+    /// The user's preferences and their version, once the user saved some.
+    pub prefs: Option<Arc<Versioned>>,
 }
 
 impl Member {
     /// Whether an event with this meta reaches the member (its user's preferences, then its
     /// connection's filter).
     fn wants(&self, meta: Option<&EventMeta<'_>>) -> bool {
-        self.prefs.as_ref().is_none_or(|p| p.allows(meta))
+        self.prefs
+            .as_ref()
+            .is_none_or(|p| p.preferences.allows(meta))
             && self.filter.as_ref().is_none_or(|f| f.allows(meta))
     }
 }
@@ -241,7 +241,6 @@ mod tests {
             user: None,
             filter: None,
             prefs: None,
-            prefs_version: 0,
         };
         (outbox, Sessions::from([(1, member)]))
     }

@@ -92,8 +92,6 @@ struct Live<W> {
     expires_at: u64,
     /// Resume position the client asked for, unparsed.
     resume: Option<String>,
-    /// The user's unread notifications at connect, for `connected`.
-    unread: Option<u64>,
     _guard: Option<ConnectionGuard>,
 }
 
@@ -119,34 +117,14 @@ async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -
         .join(&tenant, claims.user.as_deref(), handshake.filter)
         .await
     {
-        Ok(membership) => {
-            // After joining: a preference change made from now on reaches the session either
-            // way, and the hub keeps whichever version is newer.
-            let unread = match &claims.user {
-                Some(user) => match node.notifications.user_summary(&tenant, user).await {
-                    Ok(summary) => {
-                        if let Some(preferences) = &summary.preferences {
-                            node.hub.set_preferences(&membership, preferences);
-                        }
-                        Some(summary.unread)
-                    }
-                    Err(error) => {
-                        tracing::warn!(%tenant, %error, "unread count unavailable at connect");
-                        None
-                    }
-                },
-                None => None,
-            };
-            Some(Live {
-                socket,
-                node,
-                membership,
-                expires_at: claims.expires_at,
-                resume: handshake.last_event_id,
-                unread,
-                _guard: handshake.guard,
-            })
-        }
+        Ok(membership) => Some(Live {
+            socket,
+            node,
+            membership,
+            expires_at: claims.expires_at,
+            resume: handshake.last_event_id,
+            _guard: handshake.guard,
+        }),
         Err(error) => {
             tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
             metrics::closed(Some(CloseReason::TryAgainLater));
@@ -232,7 +210,7 @@ impl<W: Socket> Live<W> {
                 expires_at: self.expires_at,
                 last_sent: None,
             };
-            let reason = session.serve(self.resume.as_deref(), self.unread).await;
+            let reason = session.serve(self.resume.as_deref()).await;
             node.hub.leave(&self.membership);
             metrics::session_ended();
             metrics::closed(reason);
@@ -266,14 +244,10 @@ impl<W: Socket> Session<'_, W> {
     /// (This and `send` return `async move` blocks rather than being `async fn`s, which would
     /// store their arguments twice in futures that every session carries.)
     #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
-    fn serve(
-        mut self,
-        resume: Option<&str>,
-        unread: Option<u64>,
-    ) -> impl Future<Output = Option<CloseReason>> {
+    fn serve(mut self, resume: Option<&str>) -> impl Future<Output = Option<CloseReason>> {
         async move {
             // Boxed: the greeting's state is not carried for the session's life.
-            let greeting = Box::pin(self.greet(resume, unread));
+            let greeting = Box::pin(self.greet(resume));
             if !greeting.await {
                 return None;
             }
@@ -362,8 +336,31 @@ impl<W: Socket> Session<'_, W> {
         }
     }
 
+    /// For a token that names a user: applies the user's stored preferences to this session and
+    /// returns the unread count for `connected`. Read after joining, so a preference change
+    /// made from then on reaches the session either way (the hub keeps the newer version).
+    async fn user_summary(&mut self) -> Option<u64> {
+        let user = self.node.hub.user(self.membership)?;
+        let tenant = self.membership.tenant();
+        match self.node.notifications.user_summary(tenant, &user).await {
+            Ok(summary) => {
+                if let Some(preferences) = summary.preferences {
+                    self.node
+                        .hub
+                        .set_preferences(self.membership, Arc::new(preferences));
+                }
+                Some(summary.unread)
+            }
+            Err(error) => {
+                session_event!(self.span, WARN, %error, "unread count unavailable at connect");
+                None
+            }
+        }
+    }
+
     /// Sends `connected`, then replays the history after `resume`; false when the socket failed.
-    async fn greet(&mut self, resume: Option<&str>, unread: Option<u64>) -> bool {
+    async fn greet(&mut self, resume: Option<&str>) -> bool {
+        let unread = self.user_summary().await;
         // A fresh session's stream starts after the tenant's current position: the client gets
         // it in `connected`, so it can resume exactly even before its first event.
         if resume.is_none() {
@@ -438,7 +435,9 @@ impl<W: Socket> Session<'_, W> {
             let full = page.len() == REPLAY_PAGE;
             for (id, payload) in page {
                 let meta = EventMeta::read(&payload);
-                let wanted = prefs.as_ref().is_none_or(|p| p.allows(meta.as_ref()))
+                let wanted = prefs
+                    .as_ref()
+                    .is_none_or(|p| p.preferences.allows(meta.as_ref()))
                     && self
                         .membership
                         .filter
