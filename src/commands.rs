@@ -204,6 +204,7 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         &engines,
         rules,
         embedded_validator,
+        &args.delivery,
     );
     if args.demo {
         seed_demo(&state).await?;
@@ -396,8 +397,9 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
             return Err(error);
         }
     };
-    let validator = Arc::new(crate::worker::Validator::new(Arc::new(engine), rules));
-    let result = run_validator(args, validator, shutdown.clone()).await;
+    let engine = Arc::new(engine);
+    let validator = Arc::new(crate::worker::Validator::new(engine.clone(), rules));
+    let result = run_validator(args, validator, engine, shutdown.clone()).await;
     // A `--once` run ends its metrics listener with it.
     shutdown.cancel();
     if let Some(server) = metrics_server {
@@ -439,6 +441,7 @@ async fn serve_metrics(
 async fn run_validator(
     args: &WorkerArgs,
     validator: Arc<crate::worker::Validator>,
+    deliveries: Arc<RedisEngine>,
     shutdown: CancellationToken,
 ) -> Result<(), CommandError> {
     if args.once {
@@ -452,9 +455,13 @@ async fn run_validator(
         return Ok(());
     }
     tracing::info!(interval_secs = args.interval, "worker looping");
-    validator
-        .run(Duration::from_secs(args.interval), shutdown)
-        .await;
+    // A looping worker also makes the webhook deliveries; `--once` (a CronJob) does not.
+    let runner = crate::worker::deliveries::DeliveryRunner::new(deliveries, &args.delivery)
+        .map_err(|e| CommandError::Incomplete(format!("webhook client: {e}")))?;
+    tokio::join!(
+        validator.run(Duration::from_secs(args.interval), shutdown.clone()),
+        Arc::new(runner).run(shutdown),
+    );
     Ok(())
 }
 

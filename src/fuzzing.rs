@@ -22,8 +22,16 @@ pub fn client_frame(data: &[u8]) {
     }
 }
 
-/// A license document, usage body or notification preferences body as the API receives it.
+/// A license document, usage body, notification preferences, webhook endpoint or email settings
+/// body as the API receives it.
 pub fn license_body(data: &[u8]) {
+    if let Ok(hook) = crate::delivery::endpoint::Webhook::parse(data) {
+        // What is stored reads back as the same endpoint, and its public view holds no secret.
+        let back = crate::delivery::endpoint::Webhook::from_stored(&hook.to_stored());
+        assert_eq!(back.as_ref(), Ok(&hook));
+        assert!(!hook.redacted("x").to_string().contains("whsec_"));
+    }
+    let _ = crate::delivery::endpoint::EmailSettings::parse(data);
     if let Ok(prefs) = crate::notifications::Preferences::parse(data) {
         // What is stored reads back as the same preferences.
         let stored = serde_json::to_string(&prefs).expect("preferences serialize");

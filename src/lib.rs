@@ -14,15 +14,19 @@
 //! - [`license`]: license documents and the pure rules (status, notices, diffs).
 //! - [`notifications`]: the notification center's rules — filters, preferences, read state,
 //!   stats.
+//! - [`delivery`]: webhooks and email to a tenant's own systems — endpoints, signing, the
+//!   SSRF guard, the retry schedule, one attempt.
 //! - [`config`]: documented argument structs, with one-line errors naming the variable.
 //! - [`metrics`]: Prometheus metrics, rendered at `/metrics`.
 //! - [`telemetry`]: logs and traces.
 //! - [`auth`]: JWT verification and minting, API extractors.
 //! - [`engine`]: the roles ([`engine::Broker`], [`engine::LicenseStore`],
-//!   [`engine::NodeRegistry`]) and their two implementations, [`engine::memory`] (single node)
+//!   [`engine::NodeRegistry`], [`engine::NotificationStore`], [`engine::DeliveryStore`]) and
+//!   their two implementations, [`engine::memory`] (single node)
 //!   and [`engine::redis`].
 //! - [`worker`]: the validator — evaluates licenses and publishes notices exactly once; run by
-//!   the `worker` command, in-process on the embedded engine, and by the admin API.
+//!   the `worker` command, in-process on the embedded engine, and by the admin API — and the
+//!   delivery runner, which makes the webhook attempts.
 //! - [`gateway`]: the node — upgrade, sessions, hub, stream recovery, drain.
 //! - [`api`]: health, readiness, license and admin HTTP routes.
 //! - [`web`]: the browser client (`/client.js`) and the demo page (`/`), embedded.
@@ -48,6 +52,7 @@ pub(crate) mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub(crate) mod delivery;
 pub(crate) mod engine;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -161,3 +161,10 @@ pub fn notification_preferences_set() {
 pub fn notification_listed() {
     counter!("license_gateway_notification_lists_total").increment(1);
 }
+
+/// An out-of-band delivery attempt ended (`channel`: webhook, email; `outcome`: delivered,
+/// retrying, failed, gone, dropped).
+pub fn delivery_attempt(channel: &'static str, outcome: &'static str) {
+    counter!("license_gateway_outbound_deliveries_total", "channel" => channel, "outcome" => outcome)
+        .increment(1);
+}

@@ -24,10 +24,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Offline Kubernetes schema validation (PyPI).
+# Offline Kubernetes schema validation, and the independent Standard Webhooks verifier of the
+# webhook tests (PyPI).
 if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
   echo "installing: kubernetes-validate"
   python3 -m pip install -q kubernetes-validate
+fi
+if ! python3 -c "import standardwebhooks" >/dev/null 2>&1; then
+  echo "installing: standardwebhooks"
+  python3 -m pip install -q standardwebhooks
 fi
 
 cargo test --all-targets "$@"

@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod license;
 pub mod notifications;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ where
     Arc<Validator>: FromRef<S>,
     Arc<Verifier>: FromRef<S>,
     Arc<AdminKeys>: FromRef<S>,
+    Arc<webhooks::DeliveryApi>: FromRef<S>,
 {
     probe_routes()
         .route("/readyz", get(health::readyz))
@@ -70,6 +72,22 @@ where
         .route(
             "/api/admin/tenants/{tenant}/notifications/stats",
             get(notifications::stats),
+        )
+        .route(
+            "/api/admin/tenants/{tenant}/webhooks",
+            get(webhooks::list_webhooks),
+        )
+        .route(
+            "/api/admin/tenants/{tenant}/webhooks/{name}",
+            put(webhooks::put_webhook).delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/api/admin/tenants/{tenant}/webhooks/{name}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/api/admin/tenants/{tenant}/webhooks/{name}/deliveries/{event}/redeliver",
+            post(webhooks::redeliver),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

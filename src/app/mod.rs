@@ -9,11 +9,14 @@ use axum::extract::FromRef;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::webhooks::DeliveryApi;
 use crate::auth::{AdminKeys, Verifier};
+use crate::config::DeliveryArgs;
 use crate::engine::{EngineError, Engines};
 use crate::gateway::{Node, Settings, lifecycle};
 use crate::license::rules::Rules;
 use crate::worker::Validator;
+use crate::worker::deliveries::DeliveryRunner;
 
 /// The router's state: the node and the validator; cheap to clone. Handlers take the part
 /// they use (`State<Arc<Node>>`, `State<Arc<Validator>>`) through [`FromRef`].
@@ -29,6 +32,10 @@ pub struct AppState {
     pub engine: &'static str,
     /// Run the validator loop in-process (embedded engine), with this full-pass interval.
     pub embedded_validator: Option<Duration>,
+    /// Webhook endpoints and delivery logs for the admin API.
+    pub deliveries: Arc<DeliveryApi>,
+    /// The delivery runner, in-process on the embedded engine (on Redis the worker runs it).
+    pub embedded_runner: Option<Arc<DeliveryRunner>>,
 }
 
 impl AppState {
@@ -40,6 +47,7 @@ impl AppState {
         engines: &Engines,
         rules: Rules,
         embedded_validator: Option<Duration>,
+        delivery: &DeliveryArgs,
     ) -> Self {
         let node = Node::new(
             settings,
@@ -53,6 +61,21 @@ impl AppState {
             validator: Arc::new(Validator::new(engines.store.clone(), rules)),
             admin_keys: Arc::new(admin_keys),
             engine: engines.name,
+            deliveries: Arc::new(DeliveryApi {
+                store: engines.deliveries.clone(),
+                allow_private: delivery.webhook_allow_private,
+            }),
+            // The same process validates: it also delivers. A client that cannot be built
+            // (no TLS roots) leaves deliveries queued, and says so.
+            embedded_runner: embedded_validator.and_then(|_| {
+                match DeliveryRunner::new(engines.deliveries.clone(), delivery) {
+                    Ok(runner) => Some(Arc::new(runner)),
+                    Err(error) => {
+                        tracing::warn!(%error, "webhook client unavailable: deliveries stay queued");
+                        None
+                    }
+                }
+            }),
             embedded_validator,
         }
     }
@@ -67,6 +90,12 @@ impl FromRef<AppState> for Arc<Node> {
 impl FromRef<AppState> for Arc<Validator> {
     fn from_ref(state: &AppState) -> Self {
         state.validator.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<DeliveryApi> {
+    fn from_ref(state: &AppState) -> Self {
+        state.deliveries.clone()
     }
 }
 
@@ -220,6 +249,10 @@ pub async fn run(
         let validator = state.validator.clone();
         node.background
             .spawn(validator.run(interval, node.background_stop.clone()));
+    }
+    if let Some(runner) = state.embedded_runner.clone() {
+        node.background
+            .spawn(runner.run(node.background_stop.clone()));
     }
 
     match listener.local_addr() {

@@ -35,7 +35,14 @@ fn state() -> AppState {
     let verifier = Verifier::from_args(&auth_args()).expect("verifier");
     let admin_keys = AdminKeys::parse(Some(ADMIN_KEY)).expect("admin key");
     let rules = Rules::new(vec![30, 7, 1], 80.0);
-    AppState::new(settings, verifier, admin_keys, &engines, rules, None)
+    let delivery = crate::config::DeliveryArgs {
+        webhook_allow_private: false,
+        delivery_retry_schedule: Default::default(),
+        delivery_lease_secs: 30,
+    };
+    AppState::new(
+        settings, verifier, admin_keys, &engines, rules, None, &delivery,
+    )
 }
 
 fn signer() -> Signer {

@@ -7,6 +7,7 @@
 //!   atomic compare-and-set steps that may publish events in the same step.
 //! - [`NodeRegistry`] ([`registry`]): which gateway nodes are alive and what they hold.
 //! - [`NotificationStore`] ([`notifications`]): notifications, read state, preferences, stats.
+//! - [`DeliveryStore`] ([`deliveries`]): webhook endpoints and the durable delivery schedule.
 //!
 //! Two implementations provide all four: [`memory::MemoryEngine`] (one node, no Redis) and
 //! [`redis::RedisEngine`] (any number of stateless nodes). [`Engines`] bundles the three
@@ -14,6 +15,7 @@
 //! both.
 
 pub mod broker;
+pub mod deliveries;
 pub mod memory;
 pub mod notifications;
 pub mod redis;
@@ -26,6 +28,7 @@ use std::time::Duration;
 use crate::notifications::Retention;
 
 pub use broker::{Broker, Control, EventSink, History, Position, Published};
+pub use deliveries::DeliveryStore;
 pub use notifications::{Delivered, NotificationStore};
 pub use registry::{NODE_TTL, NodeRegistry, NodeStats, SEAT_TTL};
 pub use store::{
@@ -94,11 +97,13 @@ pub struct Engines {
     pub registry: Arc<dyn NodeRegistry>,
     /// Notifications, read state, preferences.
     pub notifications: Arc<dyn NotificationStore>,
+    /// Webhook endpoints and deliveries.
+    pub deliveries: Arc<dyn DeliveryStore>,
 }
 
 impl Engines {
     /// All roles served by one engine.
-    pub fn of<E: Broker + LicenseStore + NodeRegistry + NotificationStore>(
+    pub fn of<E: Broker + LicenseStore + NodeRegistry + NotificationStore + DeliveryStore>(
         name: &'static str,
         engine: E,
     ) -> Self {
@@ -108,7 +113,8 @@ impl Engines {
             broker: engine.clone(),
             store: engine.clone(),
             registry: engine.clone(),
-            notifications: engine,
+            notifications: engine.clone(),
+            deliveries: engine,
         }
     }
 }

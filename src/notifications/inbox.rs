@@ -87,6 +87,11 @@ impl Inbox {
         self.stats.retain(|(day, _), _| *day >= first_day);
     }
 
+    /// The envelope of a retained notification.
+    pub fn payload(&self, id: EventId) -> Option<Payload> {
+        self.items.get(&id).map(|i| i.payload.clone())
+    }
+
     /// Whether `id` is a retained notification.
     pub fn contains(&self, id: EventId) -> bool {
         self.items.contains_key(&id)

@@ -1,6 +1,7 @@
 //! The embedded engine: one node, no Redis. Events are numbered, kept for resume and delivered
 //! in-process; the node registry holds just this node. Notifications: [`notifications`].
 
+mod deliveries;
 mod notifications;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -29,6 +30,8 @@ struct TenantLog {
     keys: HashMap<String, (String, Published, Instant)>,
     /// Notifications, read state, preferences, stats.
     inbox: Inbox,
+    /// Webhook endpoints, queued deliveries, delivery logs.
+    outbound: deliveries::Outbound,
 }
 
 impl TenantLog {
@@ -110,6 +113,7 @@ impl MemoryEngine {
         log.entries.push_back((id, payload.clone()));
         log.inbox
             .record(id, &payload, now, self.history.notifications);
+        log.outbound.enqueue(id, &payload, draft.event_type, now);
         while log.entries.len() > self.history.size as usize {
             log.entries.pop_front();
         }

@@ -77,6 +77,34 @@ pub fn stats_key(t: &str, day: u64) -> String {
     format!("{a}stats{b}{day}")
 }
 
+/// The delivery keys of tenant `t`, in the order the scripts take them: webhook endpoints
+/// (hash name → JSON), the queue (sorted set job → due ms), job envelopes and job attempts.
+pub fn delivery_keys(t: &str) -> [String; 4] {
+    [
+        format!("license:webhooks:{{{t}}}"),
+        format!("license:dq:{{{t}}}"),
+        format!("license:dq-jobs:{{{t}}}"),
+        format!("license:dq-att:{{{t}}}"),
+    ]
+}
+
+/// SCAN pattern matching every tenant's delivery queue.
+pub const DELIVERY_QUEUE_PATTERN: &str = "license:dq:{*}";
+
+/// The tenant of a delivery queue key.
+pub fn tenant_of_queue_key(key: &str) -> Option<&str> {
+    key.strip_prefix("license:dq:{")?.strip_suffix('}')
+}
+
+/// Endpoint `name`'s delivery log of tenant `t`.
+pub fn delivery_log_key(t: &str, name: &str) -> String {
+    format!("license:dlog:{{{t}}}:{name}")
+}
+
+/// Sorted set of tenants scored by their earliest queued delivery (ms): a hint for workers,
+/// repaired from the queues themselves.
+pub const DELIVERY_INDEX_KEY: &str = "license:dq-due";
+
 /// Sorted set of tenants scored by when they next owe a notice (ms).
 pub const DEADLINES_KEY: &str = "license:deadlines";
 
@@ -101,6 +129,8 @@ mod tests {
         assert_eq!(tenant_of_doc_key(&doc_key("a-1")), Some("a-1"));
         assert_eq!(tenant_of_doc_key(&usage_key("a-1")), None);
         assert_eq!(stats_key("acme", 7), "license:notif-stats:{acme}:7");
+        assert_eq!(tenant_of_queue_key(&delivery_keys("a-1")[1]), Some("a-1"));
+        assert_eq!(delivery_log_key("acme", "ops"), "license:dlog:{acme}:ops");
         for key in notification_keys("acme") {
             assert!(
                 key.starts_with("license:notif") && key.ends_with(":{acme}"),

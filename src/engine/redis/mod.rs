@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod control;
+pub mod deliveries;
 pub mod keys;
 pub mod notifications;
 pub mod probe;

@@ -26,6 +26,8 @@ pub struct Scripts {
     pub seat_refresh: Script,
     /// `notifications.lua`: one user's notifications, read state and preferences; stats.
     pub notifications: Script,
+    /// `deliveries.lua`: claim, finish and redeliver on a tenant's delivery queue.
+    pub deliveries: Script,
 }
 
 impl Default for Scripts {
@@ -37,6 +39,7 @@ impl Default for Scripts {
                 include_str!("scripts/inbox.lua"),
                 include_str!("scripts/apply.lua")
             )),
+            deliveries: Script::from_lua(include_str!("scripts/deliveries.lua")),
             notifications: Script::from_lua(concat!(
                 include_str!("scripts/inbox.lua"),
                 include_str!("scripts/notifications.lua")

@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use fred::prelude::*;
 
 use super::keys::{
-    DEADLINES_KEY, DOC_PATTERN, doc_key, events_channel, history_key, idempotency_expiry_key,
-    idempotency_key, notices_key, notification_keys, stats_key_parts, tenant_of_doc_key, usage_key,
+    DEADLINES_KEY, DOC_PATTERN, delivery_keys, doc_key, events_channel, history_key,
+    idempotency_expiry_key, idempotency_key, notices_key, notification_keys, stats_key_parts,
+    tenant_of_doc_key, usage_key,
 };
 use super::scripts::{ApplySpec, LoadedRecord};
 use super::{RedisEngine, unavailable};
@@ -34,6 +35,7 @@ impl LicenseStore for RedisEngine {
             idempotency_expiry_key(tenant),
         ];
         keys.extend(notification_keys(tenant));
+        keys.extend(delivery_keys(tenant));
         let [stats_a, stats_b] = stats_key_parts(tenant);
         let retention = self.history.notifications;
         let args: Vec<Value> = vec![
@@ -61,7 +63,16 @@ impl LicenseStore for RedisEngine {
         )
         .await
         .map_err(unavailable)?;
-        let applied = parse_applied(&reply, parts)?;
+        // A trailing 'jobs': deliveries were queued; workers find the tenant through the index.
+        let (reply, queued) = match reply.split_last() {
+            Some((last, rest)) if last == "jobs" => (rest, true),
+            _ => (reply.as_slice(), false),
+        };
+        let applied = parse_applied(reply, parts)?;
+        if queued {
+            self.index_deliveries(tenant, crate::protocol::now_ms())
+                .await;
+        }
         if matches!(applied, Applied::Done(_)) {
             for draft in &change.events {
                 crate::metrics::event_published(draft.event_type);

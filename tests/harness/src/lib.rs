@@ -20,6 +20,7 @@ pub mod redis;
 pub mod sentinel;
 pub mod server;
 pub mod tokens;
+pub mod webhooks;
 pub mod ws;
 
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub use proxy::SilencingProxy;
 pub use redis::{Redis, RedisCluster};
 pub use sentinel::RedisSentinel;
 pub use tokens::*;
+pub use webhooks::WebhookReceiver;
 pub use ws::*;
 
 /// How long a test waits for something that should happen.

@@ -11,12 +11,14 @@
 --
 -- KEYS: history stream, channel, document, notice hash, idempotency hash (key →
 -- 'fingerprint\nid\nenvelope'), idempotency expiry set (key scored by expiry ms), then the
--- notification keys: ids, items, states, prefs.
+-- notification keys: ids, items, states, prefs; then the delivery keys: webhooks (hash name ->
+-- endpoint JSON), queue (sorted set job -> due ms), job envelopes, job attempts.
 -- ARGV: max length, ttl in ms, publish command (PUBLISH, or SPUBLISH on a cluster), the change
 -- as JSON ({doc_check, doc_expect, doc_write, doc_set, notices, events: [[prefix, suffix]],
 -- meta: [[type, severity 0-2, module | null]], idem: {key, fp, ttl, max} | null}), notification
 -- retention in ms, notifications kept at most, the two halves of a stats key around its kind.
--- Reply: {'ok', id…} | {'conflict'} | {'replayed', id, envelope} | {'reused'}.
+-- Reply: {'ok', id…[, 'jobs']} | {'conflict'} | {'replayed', id, envelope} | {'reused'}; a
+-- trailing 'jobs' says deliveries were queued (the caller updates the index of due tenants).
 local spec = cjson.decode(ARGV[4])
 local idem = spec.idem
 local now_ms
@@ -73,6 +75,19 @@ local k = {ids = KEYS[7], items = KEYS[8], states = KEYS[9], prefs = KEYS[10],
 local prefs = {}
 local flat = redis.call('HGETALL', k.prefs)
 for i = 1, #flat, 2 do prefs[#prefs + 1] = {flat[i], cjson.decode(flat[i + 1]).p} end
+local hooks = {}
+local flat_hooks = redis.call('HGETALL', KEYS[11])
+for i = 1, #flat_hooks, 2 do hooks[#hooks + 1] = {flat_hooks[i], cjson.decode(flat_hooks[i + 1])} end
+local severities = {info = 0, warning = 1, error = 2}
+local function wants(hook, etype, severity)
+  if hook.enabled ~= true or severity < severities[hook.minSeverity] then return false end
+  if type(hook.types) ~= 'table' then return true end
+  for _, t in ipairs(hook.types) do
+    if t == etype then return true end
+  end
+  return false
+end
+local queued = 0
 local first_payload
 for i, e in ipairs(spec.events) do
   local id = string.format('%d-%d', ms, seq)
@@ -85,6 +100,15 @@ for i, e in ipairs(spec.events) do
   local day = N.stats_key(k, 'stats', id)
   redis.call('HINCRBY', day, meta[1] .. ':p', 1)
   redis.call('PEXPIRE', day, k.retention + 86400000)
+  for _, h in ipairs(hooks) do
+    if wants(h[2], meta[1], meta[2]) then
+      local job = 'w|' .. h[1] .. '|' .. id
+      redis.call('ZADD', KEYS[12], string.format('%d', ms), job)
+      redis.call('HSET', KEYS[13], job, payload)
+      redis.call('HSET', KEYS[14], job, 0)
+      queued = queued + 1
+    end
+  end
   for _, p in ipairs(prefs) do
     if N.muted(p[2], meta[1], meta[2], meta[3]) then
       local st = N.load(k, p[1])
@@ -116,4 +140,5 @@ if horizon > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', horizon))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if queued > 0 then table.insert(out, 'jobs') end
 return out

@@ -1,6 +1,9 @@
 //! The validator: turns stored licenses, usage and the clock into events, exactly once, through
 //! the license store's atomic compare-and-set ([`crate::engine::LicenseStore::apply`]). The same code serves the
 //! `worker` command (Redis), the embedded engine (in-process) and the admin API (changes).
+//! The worker role also makes the webhook deliveries ([`deliveries`]).
+
+pub mod deliveries;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

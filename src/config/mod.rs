@@ -2,6 +2,12 @@
 //! environment variable that a flag may override; the value name of each flag is the
 //! variable's name, so a parse error names it.
 
+mod delivery;
+mod retention;
+
+pub use delivery::DeliveryArgs;
+pub use retention::HistoryArgs;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,6 +103,9 @@ pub struct WorkerArgs {
     /// Serve `/metrics` and `/healthz` on this address (e.g. `0.0.0.0:9100`); unset = none.
     #[arg(long, env = "METRICS_ADDR", value_name = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Webhook deliveries (a looping worker makes them).
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// Redis connection.
@@ -336,6 +345,9 @@ pub struct ServeArgs {
     /// History retention.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// Webhook deliveries (made in-process on the embedded engine).
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
     /// How long publishers' idempotency keys are remembered.
     #[command(flatten)]
     pub idempotency: IdempotencyArgs,
@@ -418,35 +430,6 @@ impl ServeArgs {
     pub fn unsubscribe_delay(&self) -> Result<Duration, ConfigError> {
         Duration::try_from_secs_f64(self.unsubscribe_delay_secs)
             .map_err(|e| ConfigError::new("UNSUBSCRIBE_DELAY_SECS", e.to_string()))
-    }
-}
-
-/// Per-tenant history and notification retention, used by everything that publishes.
-#[derive(Debug, Clone, Args)]
-pub struct HistoryArgs {
-    /// Per-tenant events kept for resume. Default 1000.
-    #[arg(long, env = "HISTORY_SIZE", value_name = "HISTORY_SIZE", default_value_t = 1000,
-          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub history_size: u32,
-    /// Age after which history entries are trimmed, in seconds. Default 86400.
-    #[arg(long, env = "HISTORY_TTL_SECS", value_name = "HISTORY_TTL_SECS", default_value_t = 86_400,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub history_ttl_secs: u64,
-    /// Notifications kept per tenant at most (the oldest go first). Default 10000.
-    #[arg(long, env = "NOTIFICATION_MAX", value_name = "NOTIFICATION_MAX", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub notification_max: u32,
-    /// Days a notification is kept (fractions allowed, e.g. 0.5). Default 90.
-    #[arg(long, env = "NOTIFICATION_RETENTION_DAYS", value_name = "NOTIFICATION_RETENTION_DAYS",
-          default_value_t = 90.0, value_parser = retention_days)]
-    pub notification_retention_days: f64,
-}
-
-/// A retention in days: more than 0, at most ten years.
-fn retention_days(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(d) if d > 0.0 && d <= 3650.0 => Ok(d),
-        _ => Err("must be a number of days above 0 and at most 3650".into()),
     }
 }
 

@@ -1,0 +1,158 @@
+//! Webhook endpoints of a tenant (admin key): register, list (secrets redacted), delete, read
+//! the delivery log, redeliver.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::admin::tenant_from_path;
+use super::error::ApiError;
+use crate::auth::AdminAuth;
+use crate::delivery::endpoint::{Webhook, valid_name};
+use crate::delivery::ssrf;
+use crate::engine::DeliveryStore;
+use crate::engine::deliveries::LOG_LEN;
+use crate::protocol::EventId;
+
+/// What the webhook routes use: the engine's delivery store and `WEBHOOK_ALLOW_PRIVATE`.
+pub struct DeliveryApi {
+    /// Endpoints and logs.
+    pub store: Arc<dyn DeliveryStore>,
+    /// Internal addresses and `http://` allowed.
+    pub allow_private: bool,
+}
+
+fn endpoint_name(name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "invalid_name",
+            "name",
+            "endpoint names are 1-64 letters, digits, '_', '-', '.'",
+        ))
+    }
+}
+
+fn unknown_endpoint() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        message: "no such webhook endpoint".into(),
+    }
+}
+
+/// `PUT /api/admin/tenants/{tenant}/webhooks/{name}`: 201 created, 200 replaced.
+pub async fn put_webhook(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path((tenant, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    tenant_from_path(&tenant)?;
+    endpoint_name(&name)?;
+    let body = body.map_err(ApiError::from_body)?;
+    let webhook =
+        Webhook::parse(&body).map_err(|e| ApiError::field("invalid_field", e.field, e.message))?;
+    ssrf::check_url(&webhook.url, api.allow_private)
+        .await
+        .map_err(|e| ApiError::field("url_refused", "url", e.to_string()))?;
+    let created = api.store.put_webhook(&tenant, &name, &webhook).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(webhook.redacted(&name))))
+}
+
+/// `GET /api/admin/tenants/{tenant}/webhooks`: secrets are counted, never shown.
+pub async fn list_webhooks(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tenant_from_path(&tenant)?;
+    let hooks = api.store.webhooks(&tenant).await?;
+    let shown: Vec<Value> = hooks.iter().map(|(name, w)| w.redacted(name)).collect();
+    Ok(Json(json!({ "tenantId": tenant, "webhooks": shown })))
+}
+
+/// `DELETE /api/admin/tenants/{tenant}/webhooks/{name}`: 204, or 404.
+pub async fn delete_webhook(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    tenant_from_path(&tenant)?;
+    endpoint_name(&name)?;
+    if api.store.delete_webhook(&tenant, &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(unknown_endpoint())
+    }
+}
+
+/// `…/deliveries` query.
+#[derive(Deserialize)]
+pub struct LogQuery {
+    limit: Option<String>,
+}
+
+/// `GET /api/admin/tenants/{tenant}/webhooks/{name}/deliveries?limit=50`: newest first.
+pub async fn deliveries(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path((tenant, name)): Path<(String, String)>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    tenant_from_path(&tenant)?;
+    endpoint_name(&name)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = match query.limit.as_deref() {
+        None => 50,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=LOG_LEN).contains(n))
+            .ok_or_else(|| ApiError::field("invalid_query", "limit", format!("1–{LOG_LEN}")))?,
+    };
+    if !api
+        .store
+        .webhooks(&tenant)
+        .await?
+        .iter()
+        .any(|(n, _)| *n == name)
+    {
+        return Err(unknown_endpoint());
+    }
+    let log = api.store.attempts(&tenant, &name, limit).await?;
+    Ok(Json(
+        json!({ "tenantId": tenant, "endpoint": name, "deliveries": log }),
+    ))
+}
+
+/// `POST …/webhooks/{name}/deliveries/{eventId}/redeliver`: 202, queued once more.
+pub async fn redeliver(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path((tenant, name, event)): Path<(String, String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    tenant_from_path(&tenant)?;
+    endpoint_name(&name)?;
+    let not_found = || ApiError::NotFound {
+        code: "not_found",
+        message: "no such endpoint, or no such event retained for this tenant".into(),
+    };
+    let event: EventId = event.parse().map_err(|_| not_found())?;
+    if api.store.redeliver(&tenant, &name, event).await? {
+        Ok((StatusCode::ACCEPTED, Json(json!({ "queued": true }))))
+    } else {
+        Err(not_found())
+    }
+}
