@@ -161,6 +161,7 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         .then_some(Duration::from_secs(args.worker_interval_secs));
     let history = HistoryConfig::from_args(&args.history);
     let rules = args.rules.rules()?;
+    check_smtp(&args.delivery)?;
     let target = match &args.redis.redis_url {
         Some(url) => Some(RedisTarget::new(
             url,
@@ -360,6 +361,7 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CommandError> {
 /// `worker`: one pass (`--once`) or a loop until SIGTERM/SIGINT.
 pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
     let rules = args.rules.rules()?;
+    check_smtp(&args.delivery)?;
     let url = args.redis.redis_url.as_deref().ok_or_else(|| {
         ConfigError::new(
             "REDIS_URL",
@@ -406,6 +408,21 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), CommandError> {
         let _ = server.await;
     }
     result
+}
+
+/// Checks `SMTP_URL` and `SMTP_FROM` at start-up (exit 2 naming the variable) rather than at
+/// the first email.
+fn check_smtp(args: &crate::config::DeliveryArgs) -> Result<(), ConfigError> {
+    match (&args.smtp_url, &args.smtp_from) {
+        (Some(url), Some(from)) => crate::delivery::email::Mailer::new(url, from)
+            .map(|_| ())
+            .map_err(|e| match e.strip_prefix("SMTP_FROM: ") {
+                Some(rest) => ConfigError::new("SMTP_FROM", rest),
+                None => ConfigError::new("SMTP_URL", e.trim_start_matches("SMTP_URL: ")),
+            }),
+        (Some(_), None) => Err(ConfigError::new("SMTP_FROM", "required with SMTP_URL")),
+        _ => Ok(()),
+    }
 }
 
 /// Binds a listen address, naming it in the error.
@@ -457,7 +474,7 @@ async fn run_validator(
     tracing::info!(interval_secs = args.interval, "worker looping");
     // A looping worker also makes the webhook deliveries; `--once` (a CronJob) does not.
     let runner = crate::worker::deliveries::DeliveryRunner::new(deliveries, &args.delivery)
-        .map_err(|e| CommandError::Incomplete(format!("webhook client: {e}")))?;
+        .map_err(|e| CommandError::Incomplete(e.to_string()))?;
     tokio::join!(
         validator.run(Duration::from_secs(args.interval), shutdown.clone()),
         Arc::new(runner).run(shutdown),

@@ -34,6 +34,11 @@ if ! python3 -c "import standardwebhooks" >/dev/null 2>&1; then
   echo "installing: standardwebhooks"
   python3 -m pip install -q standardwebhooks
 fi
+# The email tests' SMTP server (PyPI).
+if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
+  echo "installing: aiosmtpd"
+  python3 -m pip install -q aiosmtpd
+fi
 
 cargo test --all-targets "$@"
 

@@ -78,6 +78,16 @@ where
             get(webhooks::list_webhooks),
         )
         .route(
+            "/api/admin/tenants/{tenant}/email",
+            put(webhooks::put_email)
+                .get(webhooks::get_email)
+                .delete(webhooks::delete_email),
+        )
+        .route(
+            "/api/admin/tenants/{tenant}/email/deliveries",
+            get(webhooks::email_deliveries),
+        )
+        .route(
             "/api/admin/tenants/{tenant}/webhooks/{name}",
             put(webhooks::put_webhook).delete(webhooks::delete_webhook),
         )

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::admin::tenant_from_path;
 use super::error::ApiError;
 use crate::auth::AdminAuth;
-use crate::delivery::endpoint::{Webhook, valid_name};
+use crate::delivery::endpoint::{EMAIL_ENDPOINT, EmailSettings, Webhook, valid_name};
 use crate::delivery::ssrf;
 use crate::engine::DeliveryStore;
 use crate::engine::deliveries::LOG_LEN;
@@ -155,4 +155,85 @@ pub async fn redeliver(
     } else {
         Err(not_found())
     }
+}
+
+/// `PUT /api/admin/tenants/{tenant}/email`: `{"recipients":[…],"minSeverity":"error"}`; 201
+/// created, 200 replaced.
+pub async fn put_email(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path(tenant): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<EmailSettings>), ApiError> {
+    tenant_from_path(&tenant)?;
+    let body = body.map_err(ApiError::from_body)?;
+    let settings = EmailSettings::parse(&body)
+        .map_err(|e| ApiError::field("invalid_field", e.field, e.message))?;
+    let replaced = api.store.put_email(&tenant, Some(&settings)).await?;
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(settings)))
+}
+
+fn no_email() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        message: "this tenant has no email settings".into(),
+    }
+}
+
+/// `GET /api/admin/tenants/{tenant}/email`.
+pub async fn get_email(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path(tenant): Path<String>,
+) -> Result<Json<EmailSettings>, ApiError> {
+    tenant_from_path(&tenant)?;
+    api.store
+        .email(&tenant)
+        .await?
+        .map(Json)
+        .ok_or_else(no_email)
+}
+
+/// `DELETE /api/admin/tenants/{tenant}/email`: 204, or 404.
+pub async fn delete_email(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path(tenant): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    tenant_from_path(&tenant)?;
+    if api.store.put_email(&tenant, None).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_email())
+    }
+}
+
+/// `GET /api/admin/tenants/{tenant}/email/deliveries?limit=50`: messages and digests, newest
+/// first.
+pub async fn email_deliveries(
+    State(api): State<Arc<DeliveryApi>>,
+    _admin: AdminAuth,
+    Path(tenant): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    tenant_from_path(&tenant)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = match query.limit.as_deref() {
+        None => 50,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=LOG_LEN).contains(n))
+            .ok_or_else(|| ApiError::field("invalid_query", "limit", format!("1–{LOG_LEN}")))?,
+    };
+    if api.store.email(&tenant).await?.is_none() {
+        return Err(no_email());
+    }
+    let log = api.store.attempts(&tenant, EMAIL_ENDPOINT, limit).await?;
+    Ok(Json(json!({ "tenantId": tenant, "deliveries": log })))
 }

@@ -71,7 +71,7 @@ impl AppState {
                 match DeliveryRunner::new(engines.deliveries.clone(), delivery) {
                     Ok(runner) => Some(Arc::new(runner)),
                     Err(error) => {
-                        tracing::warn!(%error, "webhook client unavailable: deliveries stay queued");
+                        tracing::warn!(%error, "delivery runner unavailable: deliveries stay queued");
                         None
                     }
                 }

@@ -39,6 +39,10 @@ fn state() -> AppState {
         webhook_allow_private: false,
         delivery_retry_schedule: Default::default(),
         delivery_lease_secs: 30,
+        smtp_url: None,
+        smtp_from: None,
+        email_max_per_hour: 20,
+        email_window_secs: 3600,
     };
     AppState::new(
         settings, verifier, admin_keys, &engines, rules, None, &delivery,

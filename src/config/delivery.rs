@@ -22,4 +22,26 @@ pub struct DeliveryArgs {
     #[arg(long, env = "DELIVERY_LEASE_SECS", value_name = "DELIVERY_LEASE_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(11..=3600))]
     pub delivery_lease_secs: u64,
+    /// SMTP server for email deliveries: `smtp://[user:pass@]host[:port]` (add `?tls=required`
+    /// for STARTTLS) or `smtps://…`; unset = no email. May carry a password, so its value is
+    /// never shown in `--help`.
+    #[arg(
+        long,
+        env = "SMTP_URL",
+        value_name = "SMTP_URL",
+        hide_env_values = true
+    )]
+    pub smtp_url: Option<String>,
+    /// The `From` address of emails, e.g. `License alerts <alerts@example.com>`.
+    #[arg(long, env = "SMTP_FROM", value_name = "SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// Emails per tenant per hour; the events beyond go into one digest per hour. Default 20.
+    #[arg(long, env = "EMAIL_MAX_PER_HOUR", value_name = "EMAIL_MAX_PER_HOUR", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub email_max_per_hour: u32,
+    /// The length of the email cap's window, in seconds (an hour; shorter for tests). Default
+    /// 3600.
+    #[arg(long, env = "EMAIL_WINDOW_SECS", value_name = "EMAIL_WINDOW_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub email_window_secs: u64,
 }

@@ -272,6 +272,38 @@ impl EmailSettings {
     }
 }
 
+impl EmailSettings {
+    /// The stored form: kept among the endpoints under [`EMAIL_ENDPOINT`], with the fields
+    /// the publish step's matching reads (`types`, `enabled`).
+    pub fn to_stored(&self) -> String {
+        json!({
+            "recipients": self.recipients,
+            "minSeverity": severity_name(self.min_severity),
+            "types": null,
+            "enabled": true,
+        })
+        .to_string()
+    }
+
+    /// Reads the stored form back.
+    pub fn from_stored(text: &str) -> Result<Self, Invalid> {
+        let mut map = object(text.as_bytes())?;
+        map.remove("types");
+        map.remove("enabled");
+        Self::parse(Value::Object(map).to_string().as_bytes())
+    }
+
+    /// Whether an event of this type is mailed.
+    pub fn wants(&self, event_type: EventType) -> bool {
+        event_type.severity() >= self.min_severity
+    }
+}
+
+/// The reserved endpoint name of a tenant's per-event email (no API name contains `@`).
+pub const EMAIL_ENDPOINT: &str = "@email";
+/// The reserved endpoint name of a tenant's hourly digests (over `EMAIL_MAX_PER_HOUR`).
+pub const DIGEST_ENDPOINT: &str = "@digest";
+
 /// A plausible address: one `@`, both sides non-empty, no spaces or angle brackets, ≤ 254.
 pub fn valid_address(a: &str) -> bool {
     let Some((local, domain)) = a.split_once('@') else {
@@ -352,6 +384,9 @@ mod tests {
     fn email_settings_are_validated() {
         let s = EmailSettings::parse(br#"{"recipients":["ops@acme.test"]}"#).unwrap();
         assert_eq!(s.min_severity, Severity::Error);
+        assert!(s.wants(EventType::LicenseExpired) && !s.wants(EventType::LicenseExpiring));
+        assert_eq!(EmailSettings::from_stored(&s.to_stored()).unwrap(), s);
+        assert!(!valid_name(EMAIL_ENDPOINT) && !valid_name(DIGEST_ENDPOINT));
         for (body, field) in [
             (&br#"{"recipients":[]}"#[..], "recipients"),
             (br#"{"recipients":["not-an-address"]}"#, "recipients"),

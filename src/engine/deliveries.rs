@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::EngineError;
-use crate::delivery::endpoint::Webhook;
+use crate::delivery::endpoint::{DIGEST_ENDPOINT, EMAIL_ENDPOINT, EmailSettings, Webhook};
 use crate::protocol::{EventId, Payload};
 
 /// Delivery log entries kept per endpoint (the newest).
@@ -27,8 +27,31 @@ pub struct Job {
     pub attempt: u32,
     /// The envelope, as published.
     pub payload: Payload,
-    /// The endpoint as it is now (`None`: deleted since; the job is dropped).
-    pub webhook: Option<Webhook>,
+    /// Where it goes, as configured now (`None`: deleted since; the job is dropped).
+    pub target: Option<Target>,
+}
+
+/// Where a job goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A webhook endpoint.
+    Webhook(Webhook),
+    /// The tenant's email recipients, one message for this event.
+    Email(EmailSettings),
+    /// The tenant's email recipients, one digest of the events over the hourly cap.
+    Digest(EmailSettings),
+}
+
+impl Target {
+    /// Reads an endpoint's stored form, by the endpoint's name.
+    pub fn from_stored(endpoint: &str, stored: &str) -> Result<Self, String> {
+        match endpoint {
+            EMAIL_ENDPOINT => EmailSettings::from_stored(stored).map(Target::Email),
+            DIGEST_ENDPOINT => EmailSettings::from_stored(stored).map(Target::Digest),
+            _ => Webhook::from_stored(stored).map(Target::Webhook),
+        }
+        .map_err(|e| format!("{}: {}", e.field, e.message))
+    }
 }
 
 impl Job {
@@ -59,6 +82,8 @@ pub enum Outcome {
     Gone,
     /// The endpoint was deleted or disabled: nothing sent.
     Dropped,
+    /// Over the tenant's hourly email cap: added to the hour's digest instead.
+    Digested,
 }
 
 impl Outcome {
@@ -70,6 +95,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Gone => "gone",
             Outcome::Dropped => "dropped",
+            Outcome::Digested => "digested",
         }
     }
 }
@@ -158,4 +184,35 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Rebuilds the index of tenants with queued deliveries (a publisher may have died between
     /// its publish and its index update).
     async fn repair_delivery_index(&self) -> Result<(), EngineError>;
+
+    /// Stores the tenant's email settings (`None`: removes them).
+    async fn put_email(
+        &self,
+        tenant: &str,
+        settings: Option<&EmailSettings>,
+    ) -> Result<bool, EngineError>;
+
+    /// The tenant's email settings.
+    async fn email(&self, tenant: &str) -> Result<Option<EmailSettings>, EngineError>;
+
+    /// Counts one email of the tenant in the window ending at `window_end_ms`; false when that
+    /// makes more than `max` (the event goes to the digest instead).
+    async fn email_quota(
+        &self,
+        tenant: &str,
+        window_end_ms: u64,
+        max: u32,
+    ) -> Result<bool, EngineError>;
+
+    /// Adds an envelope to the window's digest; the first one queues the digest's delivery,
+    /// due when the window ends.
+    async fn add_to_digest(
+        &self,
+        tenant: &str,
+        window_end_ms: u64,
+        envelope: &str,
+    ) -> Result<(), EngineError>;
+
+    /// The envelopes of a window's digest.
+    async fn digest(&self, tenant: &str, window_end_ms: u64) -> Result<Vec<String>, EngineError>;
 }

@@ -11,29 +11,33 @@ use fred::prelude::*;
 use fred::types::sorted_sets::Ordering;
 
 use super::keys::{
-    DELIVERY_INDEX_KEY, DELIVERY_QUEUE_PATTERN, delivery_keys, delivery_log_key, notification_keys,
-    tenant_of_queue_key,
+    DELIVERY_INDEX_KEY, DELIVERY_QUEUE_PATTERN, delivery_keys, delivery_log_key, email_count_key,
+    email_digest_key, notification_keys, tenant_of_queue_key,
 };
 use super::{RedisEngine, unavailable};
-use crate::delivery::endpoint::Webhook;
+use crate::delivery::endpoint::{DIGEST_ENDPOINT, EMAIL_ENDPOINT, EmailSettings, Webhook};
 use crate::engine::EngineError;
-use crate::engine::deliveries::{Attempt, DeliveryStore, Job, LOG_LEN, Outcome, job_key};
+use crate::engine::deliveries::{Attempt, DeliveryStore, Job, LOG_LEN, Outcome, Target, job_key};
 use crate::protocol::{EventId, Payload};
+
+/// Cap windows and digests are forgotten this long after they were last written.
+const WINDOW_MEMORY_MS: i64 = 86_400_000;
 
 fn protocol(what: &str, detail: impl std::fmt::Debug) -> EngineError {
     EngineError::Protocol(format!("deliveries {what}: {detail:?}"))
 }
 
 impl RedisEngine {
+    /// Runs one step of `deliveries.lua`; `list` is its sixth key (a log or a digest list).
     async fn queue_step<R: FromValue>(
         &self,
         tenant: &str,
-        log: Option<&str>,
+        list: Option<String>,
         args: Vec<Value>,
     ) -> Result<R, EngineError> {
         let mut keys: Vec<String> = delivery_keys(tenant).into();
         keys.push(notification_keys(tenant)[1].clone());
-        keys.push(delivery_log_key(tenant, log.unwrap_or("")));
+        keys.push(list.unwrap_or_else(|| delivery_log_key(tenant, "")));
         self.scripts
             .deliveries
             .evalsha_with_reload(&self.client, keys, args)
@@ -92,6 +96,8 @@ impl DeliveryStore for RedisEngine {
         let all: std::collections::BTreeMap<String, String> =
             self.client.hgetall(hooks).await.map_err(unavailable)?;
         all.into_iter()
+            // '@' names are the email settings kept beside the endpoints.
+            .filter(|(name, _)| !name.starts_with('@'))
             .map(|(name, json)| {
                 Webhook::from_stored(&json)
                     .map(|w| (name, w))
@@ -151,14 +157,14 @@ impl DeliveryStore for RedisEngine {
                 .strip_prefix("w|")
                 .and_then(|k| k.rsplit_once('|'))
                 .ok_or_else(|| protocol("job", &key))?;
-            let hook = hook.as_string().unwrap_or_default();
+            let stored = hook.as_string().unwrap_or_default();
             jobs.push(Job {
                 endpoint: endpoint.to_owned(),
                 event_id: event.parse().map_err(|_| protocol("job", &key))?,
                 attempt: attempt.as_u64().ok_or_else(|| protocol("claim", attempt))? as u32,
                 payload: Payload::from(envelope.as_string().unwrap_or_default()),
-                webhook: (!hook.is_empty())
-                    .then(|| Webhook::from_stored(&hook))
+                target: (!stored.is_empty())
+                    .then(|| Target::from_stored(endpoint, &stored))
                     .transpose()
                     .map_err(|e| protocol("stored endpoint", e))?,
             });
@@ -193,6 +199,13 @@ impl DeliveryStore for RedisEngine {
             Outcome::Failed => ("failed", 0),
             Outcome::Gone => ("gone", 0),
             Outcome::Dropped => ("dropped", 0),
+            Outcome::Digested => ("digested", 0),
+        };
+        // A digest is logged with the tenant's email deliveries.
+        let log_name = if job.endpoint == DIGEST_ENDPOINT {
+            EMAIL_ENDPOINT
+        } else {
+            job.endpoint.as_str()
         };
         let args: Vec<Value> = vec![
             "finish".into(),
@@ -201,10 +214,11 @@ impl DeliveryStore for RedisEngine {
             word.into(),
             (at as i64).into(),
             entry.into(),
-            job.endpoint.as_str().into(),
+            log_name.into(),
             (LOG_LEN as i64).into(),
         ];
-        let _: i64 = self.queue_step(tenant, Some(&job.endpoint), args).await?;
+        let log = delivery_log_key(tenant, log_name);
+        let _: i64 = self.queue_step(tenant, Some(log), args).await?;
         if let Outcome::Retry { at_ms } = outcome {
             let _: Result<(), _> = self
                 .client
@@ -255,6 +269,95 @@ impl DeliveryStore for RedisEngine {
             self.index_deliveries(tenant, 0).await;
         }
         Ok(queued == 1)
+    }
+
+    async fn put_email(
+        &self,
+        tenant: &str,
+        settings: Option<&EmailSettings>,
+    ) -> Result<bool, EngineError> {
+        let [hooks, ..] = delivery_keys(tenant);
+        match settings {
+            Some(settings) => {
+                let added: i64 = self
+                    .client
+                    .hset(hooks, (EMAIL_ENDPOINT, settings.to_stored()))
+                    .await
+                    .map_err(unavailable)?;
+                Ok(added == 0)
+            }
+            None => {
+                let removed: i64 = self
+                    .client
+                    .hdel(hooks, EMAIL_ENDPOINT)
+                    .await
+                    .map_err(unavailable)?;
+                let _: i64 = self
+                    .client
+                    .del(delivery_log_key(tenant, EMAIL_ENDPOINT))
+                    .await
+                    .map_err(unavailable)?;
+                Ok(removed == 1)
+            }
+        }
+    }
+
+    async fn email(&self, tenant: &str) -> Result<Option<EmailSettings>, EngineError> {
+        let [hooks, ..] = delivery_keys(tenant);
+        let stored: Option<String> = self
+            .client
+            .hget(hooks, EMAIL_ENDPOINT)
+            .await
+            .map_err(unavailable)?;
+        stored
+            .map(|s| EmailSettings::from_stored(&s).map_err(|e| protocol("email settings", e)))
+            .transpose()
+    }
+
+    async fn email_quota(
+        &self,
+        tenant: &str,
+        window_end_ms: u64,
+        max: u32,
+    ) -> Result<bool, EngineError> {
+        let key = email_count_key(tenant, window_end_ms);
+        let sent: i64 = self.client.incr(&key).await.map_err(unavailable)?;
+        let _: bool = self
+            .client
+            .pexpire(&key, WINDOW_MEMORY_MS, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(sent <= i64::from(max))
+    }
+
+    async fn add_to_digest(
+        &self,
+        tenant: &str,
+        window_end_ms: u64,
+        envelope: &str,
+    ) -> Result<(), EngineError> {
+        let id = EventId {
+            ms: window_end_ms,
+            seq: 0,
+        };
+        let args: Vec<Value> = vec![
+            "digest".into(),
+            job_key(DIGEST_ENDPOINT, id).into(),
+            (window_end_ms as i64).into(),
+            envelope.into(),
+            WINDOW_MEMORY_MS.into(),
+        ];
+        let list = email_digest_key(tenant, window_end_ms);
+        let _: i64 = self.queue_step(tenant, Some(list), args).await?;
+        self.index_deliveries(tenant, window_end_ms).await;
+        Ok(())
+    }
+
+    async fn digest(&self, tenant: &str, window_end_ms: u64) -> Result<Vec<String>, EngineError> {
+        self.client
+            .lrange(email_digest_key(tenant, window_end_ms), 0, -1)
+            .await
+            .map_err(unavailable)
     }
 
     async fn repair_delivery_index(&self) -> Result<(), EngineError> {

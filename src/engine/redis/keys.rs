@@ -101,6 +101,16 @@ pub fn delivery_log_key(t: &str, name: &str) -> String {
     format!("license:dlog:{{{t}}}:{name}")
 }
 
+/// Emails sent by tenant `t` in the cap window ending at `end` (ms).
+pub fn email_count_key(t: &str, end: u64) -> String {
+    format!("license:email-count:{{{t}}}:{end}")
+}
+
+/// Envelopes over tenant `t`'s email cap in the window ending at `end`, for its digest.
+pub fn email_digest_key(t: &str, end: u64) -> String {
+    format!("license:email-digest:{{{t}}}:{end}")
+}
+
 /// Sorted set of tenants scored by their earliest queued delivery (ms): a hint for workers,
 /// repaired from the queues themselves.
 pub const DELIVERY_INDEX_KEY: &str = "license:dq-due";

@@ -37,7 +37,7 @@ pub use proxy::SilencingProxy;
 pub use redis::{Redis, RedisCluster};
 pub use sentinel::RedisSentinel;
 pub use tokens::*;
-pub use webhooks::WebhookReceiver;
+pub use webhooks::{SmtpSink, WebhookReceiver};
 pub use ws::*;
 
 /// How long a test waits for something that should happen.

@@ -7,7 +7,10 @@
 --   claim <now> <lease ms> <max> -> {next due | false, job, attempt, envelope, endpoint JSON | '', ...}
 --   finish <job> <attempt> <outcome> <retry at> <log entry> <endpoint> <log length> -> 1
 --   redeliver <job> <endpoint> <event id> -> 1 | 0
+--   digest <job> <window end> <envelope> <ttl ms> -> 1 (KEYS[6] is the window's digest list;
+--     the first envelope queues the digest's delivery, due at the window's end)
 --   peek -> earliest due | false
+-- The '@email' endpoint holds the tenant's email settings; '@digest' jobs use them too.
 local step = ARGV[1]
 
 local function earliest()
@@ -25,6 +28,7 @@ if step == 'claim' then
     redis.call('ZADD', KEYS[2], string.format('%d', now + lease), job)
     local attempt = redis.call('HINCRBY', KEYS[4], job, 1)
     local name = string.match(job, '^w|(.*)|[^|]*$')
+    if name == '@digest' then name = '@email' end
     out[#out + 1] = job
     out[#out + 1] = attempt
     out[#out + 1] = redis.call('HGET', KEYS[3], job) or ''
@@ -63,6 +67,16 @@ elseif step == 'redeliver' then
   redis.call('ZADD', KEYS[2], 0, job)
   redis.call('HSET', KEYS[3], job, envelope)
   redis.call('HSET', KEYS[4], job, 0)
+  return 1
+elseif step == 'digest' then
+  local job = ARGV[2]
+  local len = redis.call('RPUSH', KEYS[6], ARGV[4])
+  redis.call('PEXPIRE', KEYS[6], ARGV[5])
+  if len == 1 then
+    redis.call('ZADD', KEYS[2], ARGV[3], job)
+    redis.call('HSET', KEYS[3], job, '')
+    redis.call('HSET', KEYS[4], job, 0)
+  end
   return 1
 elseif step == 'peek' then
   return earliest()
