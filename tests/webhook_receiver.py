@@ -2,7 +2,8 @@
 """A webhook receiver for the tests: verifies every request with the `standardwebhooks` package
 from PyPI (an implementation independent of ours) and appends one JSON line per request to a
 log the test reads. Its answers are scripted: 500 for the first N requests of each webhook-id,
-then --status (200, or 410 to ask for the endpoint to be disabled); --delay-ms before answering.
+then --status (200; 410 to ask for the endpoint to be disabled; 302 with a Location back to
+this receiver, which a client must not follow); --delay-ms before answering.
 
     python3 tests/webhook_receiver.py --port P --secret whsec_... --log FILE [--fail-first N]
         [--status 200] [--delay-ms 0]
@@ -53,6 +54,9 @@ def main():
             with lock, open(opts.log, "a") as log:
                 log.write(json.dumps(record) + "\n")
             self.send_response(status)
+            if status in (301, 302, 303, 307, 308):
+                # Where a client that follows redirects would go next (the gateway must not).
+                self.send_header("location", f"http://127.0.0.1:{opts.port}/redirected")
             self.send_header("content-length", "2")
             self.end_headers()
             self.wfile.write(b"ok")

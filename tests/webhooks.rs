@@ -197,7 +197,13 @@ async fn failing_endpoints_are_retried_with_the_same_id_then_fail_or_are_disable
     let flaky = WebhookReceiver::start(SECRET, &["--fail-first", "2"]).await;
     let gone = WebhookReceiver::start(SECRET, &["--status", "410"]).await;
     let down = WebhookReceiver::start(SECRET, &["--fail-first", "100"]).await;
-    for (name, rx) in [("flaky", &flaky), ("gone", &gone), ("down", &down)] {
+    let moved = WebhookReceiver::start(SECRET, &["--status", "302"]).await;
+    for (name, rx) in [
+        ("flaky", &flaky),
+        ("gone", &gone),
+        ("down", &down),
+        ("moved", &moved),
+    ] {
         let (status, body) = register(
             port,
             "acme",
@@ -247,6 +253,18 @@ async fn failing_endpoints_are_retried_with_the_same_id_then_fail_or_are_disable
     .await;
     assert_eq!(log.len(), 4, "1 + 3 retries: {log:?}");
     assert_eq!(down.received().len(), 4);
+
+    // A redirect is an answer, not a success, and is not followed.
+    let log = eventually(Duration::from_secs(10), "moved fails", || async {
+        let log = log_of(port, "acme", "moved").await;
+        (log.first().is_some_and(|e| e["status"] == "failed")).then_some(log)
+    })
+    .await;
+    assert_eq!(log[0]["httpStatus"], 302, "{log:?}");
+    assert!(
+        moved.received().iter().all(|r| r["path"] == "/hook"),
+        "never followed to /redirected"
+    );
 
     assert_eq!(gone.received().len(), 1);
     assert_eq!(log_of(port, "acme", "gone").await[0]["status"], "gone");
@@ -331,6 +349,11 @@ async fn a_worker_without_the_flag_refuses_internal_addresses_at_delivery() {
     let r = redis.client().await;
     for (name, url) in [
         ("literal", rx.url().replace("http://", "https://")),
+        ("private", "https://10.0.0.1/hook".to_owned()),
+        (
+            "metadata",
+            "https://169.254.169.254/latest/meta-data/".to_owned(),
+        ),
         ("plain", rx.url()),
         ("named", format!("https://localhost:{}/hook", rx.port)),
     ] {
@@ -347,7 +370,7 @@ async fn a_worker_without_the_flag_refuses_internal_addresses_at_delivery() {
         json!({"expiredAt": "2026-12-01T00:00:00Z"}),
     )
     .await;
-    for name in ["literal", "plain", "named"] {
+    for name in ["literal", "private", "metadata", "plain", "named"] {
         let log = eventually(
             Duration::from_secs(10),
             "refused attempt logged",
