@@ -149,11 +149,12 @@ pub async fn keep_subscriptions(
         tokio::select! {
             _ = stop.cancelled() => break,
             e = events.errors.recv() => {
-                if let Ok((error, _)) = e {
-                    state.set_subscriptions_ok(false);
-                    tracing::warn!(%error, "redis subscriber connection error");
-                }
-                continue;
+                let Ok((error, _)) = e else { continue };
+                // Restore now rather than wait for a reconnect event: on a cluster, the error
+                // of a replaced shard connection can arrive after the reconnect it caused, and
+                // waiting would leave the node unready for good (the restore below retries
+                // until the client is back).
+                tracing::warn!(%error, "redis subscriber connection error; restoring subscriptions");
             }
             r = events.reconnects.recv() => if r.is_err() { continue },
             _ = state.resubscribe.notified() => {
