@@ -5,20 +5,12 @@
 use std::time::Duration;
 
 use harness::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 both_engines!(critical_events_are_emailed_and_the_cap_makes_one_digest);
 
 const FROM: &str = "License alerts <alerts@license.test>";
 const WINDOW_SECS: u64 = 5;
-
-async fn admin(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = http(port, method, path, Some(&admin_key()), body.as_deref())
-        .await
-        .unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 /// A message's text with quoted-printable soft line breaks removed.
 fn unfolded(message: &str) -> String {
@@ -56,11 +48,11 @@ async fn critical_events_are_emailed_and_the_cap_makes_one_digest(backend: Backe
 
     let path = "/api/admin/tenants/acme/email";
     let settings = json!({"recipients": ["ops@acme.test", "cto@acme.test"]});
-    let (status, body) = admin(port, "PUT", path, Some(settings)).await;
+    let (status, body) = admin_json(port, "PUT", path, Some(settings)).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["minSeverity"], "error");
     assert_eq!(
-        admin(port, "GET", path, None).await.1["recipients"][1],
+        admin_json(port, "GET", path, None).await.1["recipients"][1],
         "cto@acme.test"
     );
     for (bad, field) in [
@@ -68,7 +60,7 @@ async fn critical_events_are_emailed_and_the_cap_makes_one_digest(backend: Backe
         (json!({"recipients": ["nobody"]}), "recipients"),
         (json!({"recipients": ["a@b.test"], "cc": []}), "cc"),
     ] {
-        let (status, body) = admin(port, "PUT", path, Some(bad)).await;
+        let (status, body) = admin_json(port, "PUT", path, Some(bad)).await;
         assert_eq!(
             (status, body["error"]["field"].as_str()),
             (400, Some(field)),
@@ -141,7 +133,7 @@ async fn critical_events_are_emailed_and_the_cap_makes_one_digest(backend: Backe
     for id in &ids[2..] {
         assert!(digest.contains(id.as_str()), "the digest lists {id}");
     }
-    let (_, log) = admin(
+    let (_, log) = admin_json(
         port,
         "GET",
         "/api/admin/tenants/acme/email/deliveries",

@@ -38,22 +38,14 @@ const WORKER_ARGS: &[&str] = &[
     "11",
 ];
 
-async fn admin(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = http(port, method, path, Some(&admin_key()), body.as_deref())
-        .await
-        .unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 async fn register(port: u16, tenant: &str, name: &str, body: Value) -> (u16, Value) {
     let path = format!("/api/admin/tenants/{tenant}/webhooks/{name}");
-    admin(port, "PUT", &path, Some(body)).await
+    admin_json(port, "PUT", &path, Some(body)).await
 }
 
 async fn log_of(port: u16, tenant: &str, name: &str) -> Vec<Value> {
     let path = format!("/api/admin/tenants/{tenant}/webhooks/{name}/deliveries?limit=1000");
-    let (status, body) = admin(port, "GET", &path, None).await;
+    let (status, body) = admin_json(port, "GET", &path, None).await;
     assert_eq!(status, 200, "{body}");
     body["deliveries"].as_array().unwrap().clone()
 }
@@ -81,7 +73,7 @@ async fn events_reach_a_verifying_receiver_signed_once_and_logged(backend: Backe
     assert_eq!(status, 201, "{shown}");
     assert_eq!(shown["secrets"], 2);
     assert_eq!(register(port, "acme", "ops", hook).await.0, 200, "replaced");
-    let (_, list) = admin(port, "GET", "/api/admin/tenants/acme/webhooks", None).await;
+    let (_, list) = admin_json(port, "GET", "/api/admin/tenants/acme/webhooks", None).await;
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 1);
     assert!(
         !list.to_string().contains("whsec_"),
@@ -162,27 +154,27 @@ async fn events_reach_a_verifying_receiver_signed_once_and_logged(backend: Backe
     // Redelivery: the same id again.
     let id = published[2].0["id"].as_str().unwrap();
     let path = format!("/api/admin/tenants/acme/webhooks/ops/deliveries/{id}/redeliver");
-    assert_eq!(admin(port, "POST", &path, None).await.0, 202);
+    assert_eq!(admin_json(port, "POST", &path, None).await.0, 202);
     let again = received(&rx, 3, Duration::from_secs(5)).await;
     assert_eq!(again[2]["id"], format!("acme:{id}"));
     assert_eq!(again[2]["verified"], true);
     let bad = "/api/admin/tenants/acme/webhooks/ops/deliveries/1-0/redeliver";
-    assert_eq!(admin(port, "POST", bad, None).await.0, 404);
+    assert_eq!(admin_json(port, "POST", bad, None).await.0, 404);
 
     assert_eq!(
-        admin(port, "DELETE", "/api/admin/tenants/acme/webhooks/ops", None)
+        admin_json(port, "DELETE", "/api/admin/tenants/acme/webhooks/ops", None)
             .await
             .0,
         204
     );
     assert_eq!(
-        admin(port, "DELETE", "/api/admin/tenants/acme/webhooks/ops", None)
+        admin_json(port, "DELETE", "/api/admin/tenants/acme/webhooks/ops", None)
             .await
             .0,
         404
     );
     let path = "/api/admin/tenants/acme/webhooks/ops/deliveries";
-    assert_eq!(admin(port, "GET", path, None).await.0, 404);
+    assert_eq!(admin_json(port, "GET", path, None).await.0, 404);
 }
 
 /// An endpoint answering 500 twice gets the event on the third attempt with the same id, the
@@ -268,7 +260,7 @@ async fn failing_endpoints_are_retried_with_the_same_id_then_fail_or_are_disable
 
     assert_eq!(gone.received().len(), 1);
     assert_eq!(log_of(port, "acme", "gone").await[0]["status"], "gone");
-    let (_, list) = admin(port, "GET", "/api/admin/tenants/acme/webhooks", None).await;
+    let (_, list) = admin_json(port, "GET", "/api/admin/tenants/acme/webhooks", None).await;
     let disabled: HashMap<&str, &Value> = list["webhooks"]
         .as_array()
         .unwrap()
@@ -485,7 +477,8 @@ async fn a_license_expiry_reaches_the_endpoint_within_2_s_of_its_deadline(backen
     assert_eq!(register(port, "acme", "pager", hook).await.0, 201);
     let expires = rfc3339_in(3);
     let doc = json!({"tenantId": "acme", "plan": "pro", "expiresAt": expires});
-    let (status, body) = admin(port, "PUT", "/api/admin/tenants/acme/license", Some(doc)).await;
+    let (status, body) =
+        admin_json(port, "PUT", "/api/admin/tenants/acme/license", Some(doc)).await;
     assert_eq!(status, 201, "{body}");
     let got = received(&rx, 1, Duration::from_secs(10)).await;
     let event: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();

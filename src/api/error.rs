@@ -79,6 +79,24 @@ impl ApiError {
     }
 }
 
+/// A whole-number query parameter within `1..=max`, `default` when absent; otherwise 400
+/// `invalid_query` naming it.
+pub fn bounded_param(
+    field: &'static str,
+    text: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::field("invalid_query", field, format!("1–{max}"))),
+    }
+}
+
 impl From<ApiAuthError> for ApiError {
     fn from(e: ApiAuthError) -> Self {
         Self::Auth(e)

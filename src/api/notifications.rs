@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::tenant_from_path;
-use super::error::ApiError;
+use super::error::{ApiError, bounded_param};
 use crate::auth::{AdminAuth, UserAuth};
 use crate::gateway::Node;
 use crate::metrics;
@@ -60,14 +60,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::field("invalid_query", "limit", format!("1–{MAX_LIMIT}")))?,
-    };
+    let limit = bounded_param("limit", query.limit.as_deref(), 50, MAX_LIMIT)?;
     let before = query
         .before
         .as_deref()
@@ -251,14 +244,7 @@ pub async fn stats(
 ) -> Result<Json<Value>, ApiError> {
     tenant_from_path(&tenant)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let days = match query.days.as_deref() {
-        None => 30,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|d| (1..=MAX_DAYS).contains(d))
-            .ok_or_else(|| ApiError::field("invalid_query", "days", format!("1–{MAX_DAYS}")))?,
-    };
+    let days = bounded_param("days", query.days.as_deref(), 30, MAX_DAYS as usize)? as u32;
     let first_day = day_of(now_ms()).saturating_sub(u64::from(days) - 1);
     let figures = node
         .notifications

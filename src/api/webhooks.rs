@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::tenant_from_path;
-use super::error::ApiError;
+use super::error::{ApiError, bounded_param};
 use crate::auth::AdminAuth;
 use crate::delivery::endpoint::{EMAIL_ENDPOINT, EmailSettings, Webhook, valid_name};
 use crate::delivery::ssrf;
@@ -114,14 +114,7 @@ pub async fn deliveries(
     tenant_from_path(&tenant)?;
     endpoint_name(&name)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=LOG_LEN).contains(n))
-            .ok_or_else(|| ApiError::field("invalid_query", "limit", format!("1–{LOG_LEN}")))?,
-    };
+    let limit = bounded_param("limit", query.limit.as_deref(), 50, LOG_LEN)?;
     if !api
         .store
         .webhooks(&tenant)
@@ -223,14 +216,7 @@ pub async fn email_deliveries(
 ) -> Result<Json<Value>, ApiError> {
     tenant_from_path(&tenant)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=LOG_LEN).contains(n))
-            .ok_or_else(|| ApiError::field("invalid_query", "limit", format!("1–{LOG_LEN}")))?,
-    };
+    let limit = bounded_param("limit", query.limit.as_deref(), 50, LOG_LEN)?;
     if api.store.email(&tenant).await?.is_none() {
         return Err(no_email());
     }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::signing::Secret;
+pub use crate::notifications::preferences::{Invalid, invalid};
 use crate::protocol::EventType;
 use crate::protocol::event::Severity;
 
@@ -14,22 +15,6 @@ pub const MAX_SECRETS: usize = 3;
 pub const MAX_URL_LEN: usize = 2048;
 /// Most email recipients per tenant.
 pub const MAX_RECIPIENTS: usize = 20;
-
-/// Why a body was refused: the field and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// The JSON field at fault (`body` for the document itself).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
 
 /// Which events a channel wants: some types (or all) from a severity up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,7 +36,8 @@ impl Default for Preferences {
     }
 }
 
-/// Why a preferences body was refused: the field and what is wrong with it.
+/// Why a body (preferences, and the delivery settings) was refused: the field and what is
+/// wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
     /// The JSON field at fault (`body` for the document itself).
@@ -45,7 +46,8 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+/// An [`Invalid`] for `field`.
+pub fn invalid(field: &str, message: impl Into<String>) -> Invalid {
     Invalid {
         field: field.to_owned(),
         message: message.into(),

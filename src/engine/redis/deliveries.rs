@@ -45,6 +45,20 @@ impl RedisEngine {
             .map_err(unavailable)
     }
 
+    /// Sets the tenant's index score to `at` unless it is already lower (ZADD LT).
+    async fn lower_index(&self, tenant: &str, at: f64) -> Result<(), fred::error::Error> {
+        self.client
+            .zadd(
+                DELIVERY_INDEX_KEY,
+                None,
+                Some(Ordering::LessThan),
+                false,
+                false,
+                (at, tenant),
+            )
+            .await
+    }
+
     /// Lowers the tenant's index score to its queue's earliest due time (after a publish or a
     /// redelivery queued something). Best effort: the repair finds what a failure here misses.
     pub(super) async fn index_deliveries(&self, tenant: &str, _hint_ms: u64) {
@@ -56,18 +70,7 @@ impl RedisEngine {
             }
         };
         if let Some(at) = earliest {
-            let set: Result<(), _> = self
-                .client
-                .zadd(
-                    DELIVERY_INDEX_KEY,
-                    None,
-                    Some(Ordering::LessThan),
-                    false,
-                    false,
-                    (at, tenant),
-                )
-                .await;
-            if let Err(error) = set {
+            if let Err(error) = self.lower_index(tenant, at).await {
                 tracing::debug!(tenant, %error, "delivery index not updated");
             }
         }
@@ -220,17 +223,8 @@ impl DeliveryStore for RedisEngine {
         let log = delivery_log_key(tenant, log_name);
         let _: i64 = self.queue_step(tenant, Some(log), args).await?;
         if let Outcome::Retry { at_ms } = outcome {
-            let _: Result<(), _> = self
-                .client
-                .zadd(
-                    DELIVERY_INDEX_KEY,
-                    None,
-                    Some(Ordering::LessThan),
-                    false,
-                    false,
-                    (at_ms as f64, tenant),
-                )
-                .await;
+            // Best effort, like every index update: the repair finds what this misses.
+            let _ = self.lower_index(tenant, at_ms as f64).await;
         }
         Ok(())
     }

@@ -63,6 +63,16 @@ pub async fn admin_stats(port: u16) -> Value {
     serde_json::from_str(&body).expect("stats JSON")
 }
 
+/// A request with the admin key and an optional JSON body: status and JSON answer (null when
+/// the answer is not JSON).
+pub async fn admin_json(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    let (status, text) = http(port, method, path, Some(&admin_key()), body.as_deref())
+        .await
+        .expect("admin request");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// The sum of every sample of metric `name` on `/metrics` (0 when absent).
 pub async fn metric(port: u16, name: &str) -> f64 {
     let (status, text) = http(port, "GET", "/metrics", None, None)

@@ -28,7 +28,7 @@ use std::time::Duration;
 pub use browser::{Browser, b64decode};
 pub use follow::*;
 pub use gateway::{Backend, Deployment, Gateway, GatewayOptions};
-pub use http::{KeyedPublish, admin_stats, http, metric, publish, publish_with_key};
+pub use http::{KeyedPublish, admin_json, admin_stats, http, metric, publish, publish_with_key};
 pub use jwks::{JwksMode, JwksServer, SigningKey};
 pub use nginx::Nginx;
 pub use otlp::OtlpReceiver;
