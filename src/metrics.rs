@@ -168,3 +168,8 @@ pub fn delivery_attempt(channel: &'static str, outcome: &'static str) {
     counter!("license_gateway_outbound_deliveries_total", "channel" => channel, "outcome" => outcome)
         .increment(1);
 }
+
+/// A connection ticket was issued.
+pub fn ticket_issued() {
+    counter!("license_gateway_connect_tickets_total").increment(1);
+}

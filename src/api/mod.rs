@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod license;
 pub mod notifications;
+pub mod tickets;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -53,6 +54,7 @@ where
             post(admin::disconnect),
         )
         .route("/api/license", get(license::get_license))
+        .route("/api/connect-ticket", post(tickets::connect_ticket))
         .route(
             "/api/admin/tenants/{tenant}/license",
             put(license::put_license).delete(license::delete_license),

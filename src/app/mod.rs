@@ -55,6 +55,7 @@ impl AppState {
             engines.broker.clone(),
             engines.registry.clone(),
             engines.notifications.clone(),
+            engines.tickets.clone(),
         );
         Self {
             node: Arc::new(node),

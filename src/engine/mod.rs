@@ -8,6 +8,7 @@
 //! - [`NodeRegistry`] ([`registry`]): which gateway nodes are alive and what they hold.
 //! - [`NotificationStore`] ([`notifications`]): notifications, read state, preferences, stats.
 //! - [`DeliveryStore`] ([`deliveries`]): webhook endpoints and the durable delivery schedule.
+//! - [`TicketStore`] ([`tickets`]): single-use connection tickets.
 //!
 //! Two implementations provide all four: [`memory::MemoryEngine`] (one node, no Redis) and
 //! [`redis::RedisEngine`] (any number of stateless nodes). [`Engines`] bundles the three
@@ -21,6 +22,7 @@ pub mod notifications;
 pub mod redis;
 pub mod registry;
 pub mod store;
+pub mod tickets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,7 @@ pub use store::{
     Applied, Change, DocWrite, Expect, FieldSwap, IDEMPOTENCY_MAX_KEYS, IdempotencyKey,
     LicenseStore, TenantRecord,
 };
+pub use tickets::TicketStore;
 
 /// What every publish keeps: the resume history (`HISTORY_SIZE`, `HISTORY_TTL_SECS`) and the
 /// notifications (`NOTIFICATION_MAX`, `NOTIFICATION_RETENTION_DAYS`), each with its own limits.
@@ -99,11 +102,15 @@ pub struct Engines {
     pub notifications: Arc<dyn NotificationStore>,
     /// Webhook endpoints and deliveries.
     pub deliveries: Arc<dyn DeliveryStore>,
+    /// Connection tickets.
+    pub tickets: Arc<dyn TicketStore>,
 }
 
 impl Engines {
     /// All roles served by one engine.
-    pub fn of<E: Broker + LicenseStore + NodeRegistry + NotificationStore + DeliveryStore>(
+    pub fn of<
+        E: Broker + LicenseStore + NodeRegistry + NotificationStore + DeliveryStore + TicketStore,
+    >(
         name: &'static str,
         engine: E,
     ) -> Self {
@@ -114,7 +121,8 @@ impl Engines {
             store: engine.clone(),
             registry: engine.clone(),
             notifications: engine.clone(),
-            deliveries: engine,
+            deliveries: engine.clone(),
+            tickets: engine,
         }
     }
 }

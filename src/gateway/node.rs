@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::Settings;
 use super::hub::Hub;
 use crate::auth::Verifier;
-use crate::engine::{Broker, NodeRegistry, NodeStats, NotificationStore};
+use crate::engine::{Broker, NodeRegistry, NodeStats, NotificationStore, TicketStore};
 use crate::protocol::rfc3339_millis;
 
 /// One gateway node; shared behind an `Arc`.
@@ -27,6 +27,8 @@ pub struct Node {
     pub registry: Arc<dyn NodeRegistry>,
     /// Notifications: unread counts and preferences at connect, delivery stats.
     pub notifications: Arc<dyn NotificationStore>,
+    /// Connection tickets (`?ticket=` at the upgrade, `POST /api/connect-ticket`).
+    pub tickets: Arc<dyn TicketStore>,
     /// Local sessions and subscriptions.
     pub hub: Arc<Hub>,
     /// Start time, RFC 3339.
@@ -57,6 +59,7 @@ impl Node {
         broker: Arc<dyn Broker>,
         registry: Arc<dyn NodeRegistry>,
         notifications: Arc<dyn NotificationStore>,
+        tickets: Arc<dyn TicketStore>,
     ) -> Self {
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
@@ -76,6 +79,7 @@ impl Node {
             broker,
             registry,
             notifications,
+            tickets,
             hub,
             started_at: rfc3339_millis(time::OffsetDateTime::now_utc()),
             draining: AtomicBool::new(false),

@@ -61,6 +61,7 @@ async fn node_over(broker: Arc<dyn Broker>, engine: Arc<MemoryEngine>) -> Arc<No
         verifier,
         broker,
         engine.clone(),
+        engine.clone(),
         engine,
     ));
     lifecycle::start(&node).await.expect("start");

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use super::Node;
 use super::node::ConnectionGuard;
 use super::session::{self, Handshake};
-use crate::auth::{AuthError, bearer_token};
+use crate::auth::{AuthError, Claims, bearer_token};
+use crate::engine::tickets;
 use crate::notifications::EventFilter;
 use crate::protocol::{BEARER_PREFIX, CloseReason, LAST_ID_PREFIX, SUBPROTOCOL};
 
@@ -49,6 +50,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     token: Option<String>,
+    /// A connection ticket (`POST /api/connect-ticket`), instead of a token.
+    ticket: Option<String>,
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
     types: Option<String>,
@@ -75,6 +78,26 @@ fn presented_token<'a>(headers: &'a HeaderMap, query: &'a WsQuery) -> Option<&'a
         .or_else(|| bearer_token(headers))
         .or(query.token.as_deref())
         .filter(|t| !t.is_empty())
+}
+
+/// Takes a connection ticket: the claims of the token it was issued for. A used, expired or
+/// unknown ticket (or one that cannot be looked up now) is refused like a bad token.
+async fn redeem(node: &Node, ticket: &str) -> Result<(String, Claims), AuthError> {
+    match node.tickets.redeem_ticket(&tickets::digest(ticket)).await {
+        Ok(Some(t)) => Ok((
+            t.tenant.clone(),
+            Claims {
+                tenant: Some(t.tenant),
+                user: t.user,
+                expires_at: t.expires_at,
+            },
+        )),
+        Ok(None) => Err(AuthError::Invalid),
+        Err(error) => {
+            tracing::warn!(%error, "ticket lookup failed");
+            Err(AuthError::Invalid)
+        }
+    }
 }
 
 /// Whether the request's `Origin` (if any) is allowed.
@@ -125,9 +148,10 @@ async fn ws_handler(
         Ok(filter) => filter.map(Arc::new),
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    let auth = match presented_token(&headers, &query) {
-        Some(token) => node.verifier.verify_tenant(token).await,
-        None => Err(AuthError::Missing),
+    let auth = match (presented_token(&headers, &query), query.ticket.as_deref()) {
+        (Some(token), _) => node.verifier.verify_tenant(token).await,
+        (None, Some(ticket)) => redeem(&node, ticket).await,
+        (None, None) => Err(AuthError::Missing),
     };
     // Only an authenticated connection within the limits is counted: a refused one never
     // holds a slot, however slowly it answers its close frame.

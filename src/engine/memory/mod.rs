@@ -3,6 +3,7 @@
 
 mod deliveries;
 mod notifications;
+mod tickets;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock, Weak};
@@ -74,6 +75,8 @@ pub struct MemoryEngine {
     seats: Mutex<HashMap<String, usize>>,
     deadlines: Mutex<BTreeMap<String, u64>>,
     sink: OnceLock<Weak<dyn EventSink>>,
+    /// Connection tickets by digest, with when they expire.
+    tickets: Mutex<HashMap<String, (super::tickets::TicketClaims, Instant)>>,
 }
 
 impl MemoryEngine {
@@ -86,6 +89,7 @@ impl MemoryEngine {
             seats: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(BTreeMap::new()),
             sink: OnceLock::new(),
+            tickets: Mutex::new(HashMap::new()),
         }
     }
 }

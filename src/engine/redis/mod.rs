@@ -20,6 +20,7 @@ pub mod registry;
 pub mod scripts;
 pub mod store;
 pub mod subscriber;
+pub mod tickets;
 pub mod topology;
 pub mod url;
 

@@ -1,0 +1,42 @@
+//! `POST /api/connect-ticket`: trades a tenant token (in the `Authorization` header) for a
+//! single-use ticket valid 30 s on any node, for `?ticket=` at the upgrade, so a JWT never has
+//! to go in a URL (where proxies log it).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::auth::{ApiAuthError, AuthError, bearer_token};
+use crate::engine::tickets::{TICKET_TTL, TicketClaims, digest, new_ticket};
+use crate::gateway::Node;
+use crate::protocol::now_ms;
+
+/// `POST /api/connect-ticket` → `{"ticket","expiresAt"}` (Unix ms: 30 s, or the token's own
+/// `exp` when sooner).
+pub async fn connect_ticket(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let token = bearer_token(&headers).ok_or(ApiError::Auth(ApiAuthError::Unauthenticated(
+        AuthError::Missing,
+    )))?;
+    let (tenant, claims) = node
+        .verifier
+        .verify_tenant(token)
+        .await
+        .map_err(|e| ApiError::Auth(ApiAuthError::Unauthenticated(e)))?;
+    let ticket = new_ticket();
+    let claims = TicketClaims {
+        tenant,
+        user: claims.user,
+        expires_at: claims.expires_at,
+    };
+    node.tickets.issue_ticket(&digest(&ticket), &claims).await?;
+    let expires_at = (now_ms() + TICKET_TTL.as_millis() as u64).min(claims.expires_at * 1000);
+    crate::metrics::ticket_issued();
+    Ok(Json(json!({ "ticket": ticket, "expiresAt": expires_at })))
+}
