@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::auth::{ApiAuthError, AuthError, bearer_token};
+use crate::auth::TenantAuth;
 use crate::engine::tickets::{TICKET_TTL, TicketClaims, digest, new_ticket};
 use crate::gateway::Node;
 use crate::protocol::now_ms;
@@ -19,16 +18,8 @@ use crate::protocol::now_ms;
 /// `exp` when sooner).
 pub async fn connect_ticket(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    TenantAuth { tenant, claims }: TenantAuth,
 ) -> Result<Json<Value>, ApiError> {
-    let token = bearer_token(&headers).ok_or(ApiError::Auth(ApiAuthError::Unauthenticated(
-        AuthError::Missing,
-    )))?;
-    let (tenant, claims) = node
-        .verifier
-        .verify_tenant(token)
-        .await
-        .map_err(|e| ApiError::Auth(ApiAuthError::Unauthenticated(e)))?;
     let ticket = new_ticket();
     let claims = TicketClaims {
         tenant,

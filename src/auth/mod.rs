@@ -87,6 +87,8 @@ fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
 pub struct TenantAuth {
     /// The tenant.
     pub tenant: String,
+    /// The token's claims (user, `exp`).
+    pub claims: Claims,
 }
 
 /// A request authenticated with a tenant token that names a user (`JWT_USER_CLAIM`): the
@@ -149,11 +151,11 @@ where
         let token = bearer_token(&parts.headers)
             .ok_or(ApiAuthError::Unauthenticated(AuthError::Missing))?;
         let verifier = Arc::<Verifier>::from_ref(state);
-        let (tenant, _) = verifier
+        let (tenant, claims) = verifier
             .verify_tenant(token)
             .await
             .map_err(ApiAuthError::Unauthenticated)?;
-        Ok(TenantAuth { tenant })
+        Ok(TenantAuth { tenant, claims })
     }
 }
 
@@ -165,12 +167,7 @@ where
     type Rejection = ApiAuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(&parts.headers)
-            .ok_or(ApiAuthError::Unauthenticated(AuthError::Missing))?;
-        let (tenant, claims) = Arc::<Verifier>::from_ref(state)
-            .verify_tenant(token)
-            .await
-            .map_err(ApiAuthError::Unauthenticated)?;
+        let TenantAuth { tenant, claims } = TenantAuth::from_request_parts(parts, state).await?;
         let user = claims.user.ok_or(ApiAuthError::NoUser)?;
         Ok(UserAuth { tenant, user })
     }
