@@ -288,6 +288,18 @@ impl RedisCluster {
     }
 
     fn start_announcing(proxy_port: Option<u16>) -> (Self, Option<SilencingProxy>) {
+        // A node whose bus port (+10000, inside the ephemeral range) was taken between the check
+        // and its bind exits, and `--cluster create` would then wait forever: such a start is
+        // abandoned and retried on other ports.
+        for _ in 0..3 {
+            if let Some(started) = Self::try_start(proxy_port) {
+                return started;
+            }
+        }
+        panic!("a Redis Cluster did not form in three attempts");
+    }
+
+    fn try_start(proxy_port: Option<u16>) -> Option<(Self, Option<SilencingProxy>)> {
         let dir = TempDir::new("lgw-cluster");
         let mut ports = Vec::new();
         while ports.len() < 6 {
@@ -305,8 +317,16 @@ impl RedisCluster {
         for port in ports {
             cluster.spawn(port);
         }
-        let mut create = Command::new("redis-cli");
-        create.args(["--cluster", "create"]);
+        std::thread::sleep(Duration::from_millis(200));
+        let all_running = cluster
+            .nodes
+            .iter_mut()
+            .all(|(_, c)| c.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))));
+        if !all_running {
+            return None;
+        }
+        let mut create = Command::new("timeout");
+        create.args(["30", "redis-cli", "--cluster", "create"]);
         for (port, _) in &cluster.nodes {
             create.arg(format!("127.0.0.1:{port}"));
         }
@@ -314,13 +334,15 @@ impl RedisCluster {
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (it comes with redis-server)");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        if !out.status.success() {
+            eprintln!(
+                "cluster create failed, retrying: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            return None;
+        }
         cluster.wait_healthy(WAIT);
-        (cluster, proxy)
+        Some((cluster, proxy))
     }
 
     /// Starts the node on `port` and keeps its process (so drop kills it), then waits for it.
