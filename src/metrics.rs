@@ -50,24 +50,27 @@ pub fn render() -> String {
     }
 }
 
-/// A WebSocket session became `connected`.
-pub fn session_opened() {
-    counter!("license_gateway_connects_total").increment(1);
-    gauge!("license_gateway_connections").increment(1.0);
+/// A session became `connected` on `transport` (`websocket` or `sse`).
+pub fn session_opened(transport: &'static str) {
+    counter!("license_gateway_connects_total", "transport" => transport).increment(1);
+    gauge!("license_gateway_connections", "transport" => transport).increment(1.0);
 }
 
-/// A `connected` session ended.
-pub fn session_ended() {
-    gauge!("license_gateway_connections").decrement(1.0);
+/// A `connected` session on `transport` ended.
+pub fn session_ended(transport: &'static str) {
+    gauge!("license_gateway_connections", "transport" => transport).decrement(1.0);
 }
 
-/// A connection was closed: by the server with `reason`, or by the client (`None`).
-pub fn closed(reason: Option<CloseReason>) {
+/// A connection on `transport` was closed: by the server with `reason`, or by the client
+/// (`None`). An SSE request refused before its stream starts counts with the close it stands
+/// for.
+pub fn closed(transport: &'static str, reason: Option<CloseReason>) {
     let (code, label) = match reason {
         Some(r) => (r.code().to_string(), r.label()),
         None => ("client".to_owned(), "client"),
     };
-    counter!("license_gateway_closes_total", "code" => code, "reason" => label).increment(1);
+    counter!("license_gateway_closes_total", "code" => code, "reason" => label, "transport" => transport)
+        .increment(1);
 }
 
 /// A token was refused (at connect or refresh).

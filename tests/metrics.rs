@@ -71,19 +71,22 @@ async fn counters_move_by_the_right_amounts() {
 
     let after = eventually(WAIT, "metrics settle", || async {
         let m = scrape(node.port).await;
-        let settled = get(&m, "license_gateway_connections") == 2.0
+        let settled = get(&m, "license_gateway_connections{transport=\"websocket\"}") == 2.0
             && get(&m, "license_gateway_tenants_subscribed") == 1.0;
         settled.then_some(m)
     })
     .await;
     let delta = |key: &str| get(&after, key) - get(&before, key);
     assert_eq!(
-        delta("license_gateway_connects_total"),
+        delta("license_gateway_connects_total{transport=\"websocket\"}"),
         4.0,
         "a1, a2, g1, big"
     );
     assert_eq!(
-        get(&after, "license_gateway_connections"),
+        get(
+            &after,
+            "license_gateway_connections{transport=\"websocket\"}"
+        ),
         2.0,
         "a1 and a2 still open"
     );
@@ -101,15 +104,21 @@ async fn counters_move_by_the_right_amounts() {
         1.0
     );
     assert_eq!(
-        delta("license_gateway_closes_total{code=\"1008\",reason=\"invalid_token\"}"),
+        delta(
+            "license_gateway_closes_total{code=\"1008\",reason=\"invalid_token\",transport=\"websocket\"}"
+        ),
         1.0
     );
     assert_eq!(
-        delta("license_gateway_closes_total{code=\"1009\",reason=\"message_too_big\"}"),
+        delta(
+            "license_gateway_closes_total{code=\"1009\",reason=\"message_too_big\",transport=\"websocket\"}"
+        ),
         1.0
     );
     assert_eq!(
-        delta("license_gateway_closes_total{code=\"client\",reason=\"client\"}"),
+        delta(
+            "license_gateway_closes_total{code=\"client\",reason=\"client\",transport=\"websocket\"}"
+        ),
         1.0,
         "g1"
     );
@@ -137,7 +146,13 @@ async fn counters_move_by_the_right_amounts() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let restarted = scrape(node.port).await;
     assert!(get(&restarted, "license_gateway_redis_reconnects_total") >= 1.0);
-    assert_eq!(get(&restarted, "license_gateway_connections"), 2.0);
+    assert_eq!(
+        get(
+            &restarted,
+            "license_gateway_connections{transport=\"websocket\"}"
+        ),
+        2.0
+    );
     let text = http(node.port, "GET", "/metrics", None, None)
         .await
         .unwrap()

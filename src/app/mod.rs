@@ -13,6 +13,7 @@ use crate::api::webhooks::DeliveryApi;
 use crate::auth::{AdminKeys, Verifier};
 use crate::config::DeliveryArgs;
 use crate::engine::{EngineError, Engines};
+use crate::gateway::takeover::{Detachable, Takeover};
 use crate::gateway::{Node, Settings, lifecycle};
 use crate::license::rules::Rules;
 use crate::worker::Validator;
@@ -116,6 +117,7 @@ impl FromRef<AppState> for Arc<Verifier> {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(crate::gateway::upgrade::routes())
+        .merge(crate::gateway::sse::routes())
         .merge(crate::api::routes())
         .merge(crate::web::routes())
         .with_state(state)
@@ -192,10 +194,13 @@ async fn serve_http(
         // The peer rides along as axum's ConnectInfo (per-address limits); a Router clone is a
         // reference count.
         let app = app.clone();
+        // The SSE route takes its connection from hyper through this slot.
+        let takeover = Arc::new(Takeover::default());
+        let slot = takeover.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
+            let extensions = request.extensions_mut();
+            extensions.insert(axum::extract::ConnectInfo(peer));
+            extensions.insert(slot.clone());
             let mut app = app.clone();
             async move { tower::Service::call(&mut app, request).await }
         });
@@ -205,20 +210,24 @@ async fn serve_http(
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let connection = builder.serve_connection(io, service).with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(error) = served {
-                        tracing::trace!(%error, "connection ended");
+            let io = hyper_util::rt::TokioIo::new(Detachable::new(stream, takeover.clone()));
+            {
+                let connection = builder.serve_connection(io, service).with_upgrades();
+                tokio::pin!(connection);
+                tokio::select! {
+                    served = connection.as_mut() => {
+                        if let Err(error) = served {
+                            tracing::trace!(%error, "connection ended");
+                        }
+                    }
+                    _ = stop.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
                     }
                 }
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
             }
+            // hyper dropped the socket with the connection; a route that took it gets it now.
+            takeover.finish();
         });
     }
     connections.close();

@@ -1,15 +1,21 @@
-//! The gateway node: WebSocket sessions and everything they share on one node.
+//! The gateway node: sessions on either transport and everything they share on one node.
 //!
 //! - [`client_ip`]: which address a connection counts for (`TRUSTED_PROXIES`).
 //! - [`node`]: the node's shared state ([`node::Node`]) and its connection accounting.
-//! - [`upgrade`]: the `/ws/license` upgrade — origin, limits, token carriers, resume position.
-//! - [`session`]: one WebSocket from `connected` to its close.
+//! - [`admission`]: what both connect routes check — origin, filter, token or ticket, limits.
+//! - [`upgrade`]: the `/ws/license` upgrade (token carriers, resume position);
+//!   [`websocket`]: the WebSocket transport.
+//! - [`sse`]: `/sse/license` and the Server-Sent Events transport; [`takeover`]: how that
+//!   route takes its connection from hyper.
+//! - [`transport`]: what a session needs from a transport; [`session`]: one session from
+//!   `connected` to its close, on either.
 //! - [`hub`]: tenant → sessions, subscriptions; [`recovery`]: ordering, dedup and gap fill of
 //!   a tenant's stream; [`outbox`]: a session's bounded queue.
 //! - [`lifecycle`]: the node's background tasks, and the drain at shutdown.
 //! - [`rate`]: the per-connection token bucket for client frames.
 //! - [`filter`]: per-connection event filters (`types`, `minSeverity`, `modules`).
 
+pub mod admission;
 pub mod client_ip;
 pub mod hub;
 pub mod lifecycle;
@@ -18,7 +24,11 @@ pub mod outbox;
 pub mod rate;
 pub mod recovery;
 pub mod session;
+pub mod sse;
+pub mod takeover;
+pub mod transport;
 pub mod upgrade;
+pub mod websocket;
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! One WebSocket session: authentication outcome, `connected`, the event outbox, client
-//! messages, heartbeat, live token expiry and in-band refresh, and the close.
+//! One session, on either transport: authentication outcome, `connected`, the event outbox,
+//! client messages, heartbeat, live token expiry and in-band refresh, and the close.
 //!
 //! Large because a session's whole life is one state machine, kept in one place on purpose:
 //! its futures are shaped for memory (see [`run`]) and splitting them across modules would
@@ -11,8 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::hub::Membership;
@@ -20,6 +18,7 @@ use super::node::{ConnectionGuard, Node};
 use super::outbox::Next;
 use super::rate::TokenBucket;
 use super::recovery::resync_reason;
+use super::transport::{Frame, Incoming, Transport};
 use crate::auth::{AuthError, Claims};
 use crate::engine::{History, Position};
 use crate::metrics;
@@ -29,25 +28,7 @@ use crate::protocol::{ClientMessage, CloseReason, EventId, ResyncReason, ServerM
 /// Events read from the history at a time during a resume.
 const REPLAY_PAGE: usize = 100;
 
-/// How long the server waits for the client's close frame after sending its own.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// A WebSocket as the session sees it: frames in, frames out. axum's `WebSocket` in production;
-/// in-process tests drive a session through channels.
-pub trait Socket:
-    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
-{
-}
-
-impl<T> Socket for T where
-    T: Stream<Item = Result<Message, axum::Error>>
-        + Sink<Message, Error = axum::Error>
-        + Unpin
-        + Send
-{
-}
-
-/// Everything the upgrade handler learned before the upgrade.
+/// Everything the route learned before the session starts.
 pub struct Handshake {
     /// Verified tenant and claims, or why the token was refused.
     pub auth: Result<(String, Claims), AuthError>,
@@ -70,7 +51,7 @@ pub struct Handshake {
 /// is moved, not copied, into the session's own future. An `async fn` taking the socket and
 /// awaiting both phases keeps a slot for its arguments beside each phase's state (rustc does
 /// not overlap them): that layout cost about 0.5 KiB more per connection (BENCHMARKS.md).
-pub fn run<W: Socket + 'static>(
+pub fn run<W: Transport + 'static>(
     socket: W,
     node: Arc<Node>,
     handshake: Handshake,
@@ -96,10 +77,15 @@ struct Live<W> {
 }
 
 /// Refuses, authenticates and subscribes; `None` when the connection was closed instead.
-async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -> Option<Live<W>> {
+async fn open<W: Transport>(
+    mut socket: W,
+    node: Arc<Node>,
+    handshake: Handshake,
+) -> Option<Live<W>> {
+    let kind = W::KIND;
     if let Some(reason) = handshake.refuse {
-        metrics::closed(Some(reason));
-        close(&mut socket, reason).await;
+        metrics::closed(kind.label(), Some(reason));
+        socket.close(reason).await;
         return None;
     }
     let (tenant, claims) = match handshake.auth {
@@ -107,8 +93,8 @@ async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -
         Err(error) => {
             tracing::info!(reason = error.label(), "connection refused");
             metrics::auth_failed(error.label());
-            metrics::closed(Some(error.close_reason()));
-            close(&mut socket, error.close_reason()).await;
+            metrics::closed(kind.label(), Some(error.close_reason()));
+            socket.close(error.close_reason()).await;
             return None;
         }
     };
@@ -127,8 +113,8 @@ async fn open<W: Socket>(mut socket: W, node: Arc<Node>, handshake: Handshake) -
         }),
         Err(error) => {
             tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
-            metrics::closed(Some(CloseReason::TryAgainLater));
-            close(&mut socket, CloseReason::TryAgainLater).await;
+            metrics::closed(kind.label(), Some(CloseReason::TryAgainLater));
+            socket.close(CloseReason::TryAgainLater).await;
             None
         }
     }
@@ -188,7 +174,7 @@ macro_rules! session_event {
     };
 }
 
-impl<W: Socket> Live<W> {
+impl<W: Transport> Live<W> {
     /// Serves the connection, leaves the hub and closes. Not an `async fn`: that would move
     /// `self` into a second slot of the future (its parameters are rebound as locals), and
     /// this future lives as long as the connection.
@@ -196,7 +182,7 @@ impl<W: Socket> Live<W> {
     fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
         async move {
             // Paired with `session_ended` below, whatever happens in between.
-            metrics::session_opened();
+            metrics::session_opened(W::KIND.label());
             let node = &self.node;
             let node_id = node.settings.node_id.as_str();
             // The id is formatted where it is shown, not kept for the session's life.
@@ -212,11 +198,11 @@ impl<W: Socket> Live<W> {
             };
             let reason = session.serve(self.resume.as_deref()).await;
             node.hub.leave(&self.membership);
-            metrics::session_ended();
-            metrics::closed(reason);
+            metrics::session_ended(W::KIND.label());
+            metrics::closed(W::KIND.label(), reason);
             if let Some(reason) = reason {
                 session_event!(span, INFO, reason = reason.label(), "closing session");
-                let closing = Box::pin(close(&mut self.socket, reason));
+                let closing = Box::pin(self.socket.close(reason));
                 closing.await;
             } else {
                 session_event!(span, DEBUG, "session ended by the client");
@@ -239,7 +225,7 @@ struct Session<'a, W> {
     last_sent: Option<EventId>,
 }
 
-impl<W: Socket> Session<'_, W> {
+impl<W: Transport> Session<'_, W> {
     /// Serves until the connection must close; `Some(reason)` when the server closes it.
     /// (This and `send` return `async move` blocks rather than being `async fn`s, which would
     /// store their arguments twice in futures that every session carries.)
@@ -269,7 +255,7 @@ impl<W: Socket> Session<'_, W> {
                         match outbox.next() {
                             Next::Event(Some(id), _) if self.last_sent.is_some_and(|last| id <= last) => {}
                             Next::Event(id, payload) => {
-                                if !self.send(Message::Text(payload.into_ws_text())).await {
+                                if !self.send(Frame::Message(id, payload)).await {
                                     return None;
                                 }
                                 if id.is_some() {
@@ -280,18 +266,18 @@ impl<W: Socket> Session<'_, W> {
                             Next::Empty => break,
                         }
                     },
-                    frame = self.socket.next() => {
+                    incoming = self.socket.receive() => {
                         last_heard = Instant::now();
                         // Every frame counts, pings included: each costs the node work.
-                        if matches!(frame, Some(Ok(ref m)) if !matches!(m, Message::Close(_)))
+                        if !matches!(incoming, Incoming::Gone | Incoming::TooBig)
                             && !bucket.take(rate, last_heard)
                         {
                             return Some(CloseReason::RateLimited);
                         }
-                        match frame {
-                            None | Some(Ok(Message::Close(_))) => return None,
-                            Some(Err(error)) => return frame_error(error),
-                            Some(Ok(Message::Text(text))) => {
+                        match incoming {
+                            Incoming::Gone => return None,
+                            Incoming::TooBig => return Some(CloseReason::MessageTooBig),
+                            Incoming::Text(text) => {
                                 // Boxed: client frames are rare, and the handler's state would otherwise be
                                 // carried by every idle session.
                                 let handling = Box::pin(self.on_text(&text));
@@ -305,13 +291,12 @@ impl<W: Socket> Session<'_, W> {
                                     Err(reason) => return reason,
                                 }
                             }
-                            Some(Ok(Message::Binary(_))) => {
+                            Incoming::Binary => {
                                 if !self.send_error("binary frames are not supported; send JSON text").await {
                                     return None;
                                 }
                             }
-                            // Pings are answered by the WebSocket layer; pongs only prove liveness.
-                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                            Incoming::Alive => {}
                         }
                     }
                     _ = &mut timer => {
@@ -320,11 +305,11 @@ impl<W: Socket> Session<'_, W> {
                             return Some(CloseReason::TokenExpired);
                         }
                         if now >= next_ping {
-                            if now.duration_since(last_heard) >= ping_every * 2 {
+                            if W::ANSWERS_HEARTBEATS && now.duration_since(last_heard) >= ping_every * 2 {
                                 session_event!(self.span, INFO, "peer silent for two ping intervals; dropping");
                                 return None;
                             }
-                            if !self.send(Message::Ping(Default::default())).await {
+                            if !self.send(Frame::Heartbeat).await {
                                 return None;
                             }
                             next_ping = now + ping_every;
@@ -379,7 +364,10 @@ impl<W: Socket> Session<'_, W> {
             last_event_id: position,
             unread_count: unread,
         };
-        if !self.send(Message::Text(connected.to_json().into())).await {
+        if !self
+            .send(Frame::Message(None, connected.to_json().into()))
+            .await
+        {
             return false;
         }
         session_event!(self.span, DEBUG, "session connected");
@@ -443,7 +431,7 @@ impl<W: Socket> Session<'_, W> {
                         .filter
                         .as_ref()
                         .is_none_or(|f| f.allows(meta.as_ref()));
-                if wanted && !self.send(Message::Text(payload.into_ws_text())).await {
+                if wanted && !self.send(Frame::Message(Some(id), payload)).await {
                     return false;
                 }
                 self.last_sent = Some(id);
@@ -461,8 +449,7 @@ impl<W: Socket> Session<'_, W> {
     async fn resync(&mut self, reason: ResyncReason) -> bool {
         session_event!(self.span, DEBUG, reason = reason.text(), "resync required");
         metrics::history_replay("resync");
-        self.send(Message::Text(reason.message().into_ws_text()))
-            .await
+        self.send(Frame::Message(None, reason.message())).await
     }
 
     /// When the token stops being valid on this connection: `exp` plus the leeway.
@@ -492,7 +479,7 @@ impl<W: Socket> Session<'_, W> {
                     timestamp: now_ms(),
                 }
                 .to_json();
-                if self.send(Message::Text(pong.into())).await {
+                if self.send(Frame::Message(None, pong.into())).await {
                     Ok(None)
                 } else {
                     Err(None)
@@ -526,7 +513,7 @@ impl<W: Socket> Session<'_, W> {
                 let ok = ServerMessage::AuthOk {
                     expires_at: claims.expires_at * 1000,
                 };
-                if self.send(Message::Text(ok.to_json().into())).await {
+                if self.send(Frame::Message(None, ok.to_json().into())).await {
                     Ok(Some(claims.expires_at))
                 } else {
                     Err(None)
@@ -540,61 +527,24 @@ impl<W: Socket> Session<'_, W> {
             code: "bad_request",
             message,
         };
-        self.send(Message::Text(error.to_json().into())).await
+        self.send(Frame::Message(None, error.to_json().into()))
+            .await
     }
 
     /// Sends one frame; false when the peer is gone or did not take it within a ping interval
     /// (a stalled reader must not pin the session forever).
     #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see `serve`
-    fn send(&mut self, message: Message) -> impl Future<Output = bool> {
+    fn send(&mut self, frame: Frame) -> impl Future<Output = bool> {
         async move {
             let limit = self.node.settings.ping_interval;
-            let mut sending = SinkExt::send(&mut *self.socket, message);
+            let mut sending = std::pin::pin!(self.socket.send(frame));
             // Fast path: a reader that keeps up takes the frame at once, with no timer armed. Only
             // a stalled one gets the timeout, boxed so that idle sessions do not carry its state.
-            if let Some(result) = futures_util::FutureExt::now_or_never(&mut sending) {
-                return result.is_ok();
+            if let Some(sent) = futures_util::FutureExt::now_or_never(sending.as_mut()) {
+                return sent;
             }
             let stalled = Box::pin(tokio::time::timeout(limit, sending));
-            matches!(stalled.await, Ok(Ok(())))
+            matches!(stalled.await, Ok(true))
         }
-    }
-}
-
-/// Maps a receive error to the close it calls for: 1009 for an oversized frame, otherwise the
-/// connection is broken and is dropped without a close frame.
-fn frame_error(error: axum::Error) -> Option<CloseReason> {
-    use tungstenite::error::Error as WsError;
-    match error.into_inner().downcast::<WsError>() {
-        Ok(ws) => match *ws {
-            // Every capacity error (message or frame too long) is a frame over the limit.
-            WsError::Capacity(_) => Some(CloseReason::MessageTooBig),
-            other => {
-                tracing::debug!(error = %other, "websocket read failed");
-                None
-            }
-        },
-        Err(other) => {
-            tracing::debug!(error = %other, "websocket read failed");
-            None
-        }
-    }
-}
-
-/// Sends a close frame with `reason` and waits briefly for the peer's answer.
-pub async fn close<W: Socket>(socket: &mut W, reason: CloseReason) {
-    let frame = CloseFrame {
-        code: reason.code(),
-        reason: Utf8Bytes::from_static(reason.text()),
-    };
-    // One deadline for sending the frame and hearing the answer: a peer that never reads
-    // costs the node at most this long.
-    let deadline = Instant::now() + CLOSE_GRACE;
-    let sent = tokio::time::timeout_at(deadline, socket.send(Message::Close(Some(frame)))).await;
-    if matches!(sent, Ok(Ok(()))) {
-        let _ = tokio::time::timeout_at(deadline, async {
-            while let Some(Ok(_)) = socket.next().await {}
-        })
-        .await;
     }
 }

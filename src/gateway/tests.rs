@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, PollSender};
 use tokio_util::task::TaskTracker;
 
 use super::session::{self, Handshake};
+use super::websocket::WebSocket;
 use super::{Node, Settings, lifecycle};
 use crate::auth::{Signer, Verifier};
 use crate::config::AuthArgs;
@@ -160,7 +161,7 @@ impl Client {
             incoming,
             outgoing: PollSender::new(outgoing),
         };
-        tokio::spawn(session::run(socket, node.clone(), handshake));
+        tokio::spawn(session::run(WebSocket(socket), node.clone(), handshake));
         Self {
             to_server,
             from_server,

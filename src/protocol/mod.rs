@@ -236,6 +236,14 @@ pub enum ServerMessage<'a> {
         /// Human-readable explanation.
         message: &'a str,
     },
+    /// On SSE only: the server ends the stream, for the reason a WebSocket close frame would
+    /// carry (the stream has no close frame).
+    Close {
+        /// The WebSocket close code of the reason.
+        code: u16,
+        /// The close reason text.
+        reason: &'a str,
+    },
     /// The user's read state changed (on any node); not an event.
     NotificationState {
         /// Unread notifications now.

@@ -1,0 +1,320 @@
+//! `GET /sse/license`: the session over Server-Sent Events, for networks that break WebSocket
+//! upgrades. The route checks what the WebSocket route checks, answers a refusal with an HTTP
+//! status (401, 503, …), and otherwise takes the connection from hyper ([`super::takeover`]):
+//! the session writes the response head and then one SSE message per frame straight to the
+//! socket, with no buffer of its own between them.
+//!
+//! Events carry `id:` (so a plain `EventSource` resumes with `Last-Event-ID`); server messages
+//! are `data:` lines without one; heartbeats are comment lines; a server-side close is a last
+//! `close` message with the WebSocket close code, then the end of the stream.
+
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRef, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::Node;
+use super::admission::{self, ConnectQuery, PeerAddr};
+use super::session;
+use super::takeover::Takeover;
+use super::transport::{Frame, Incoming, Transport, TransportKind};
+use crate::auth::bearer_token;
+use crate::metrics;
+use crate::protocol::{CloseReason, ServerMessage};
+
+/// The response head of an accepted stream. `Connection: close` and no length: the body ends
+/// with the connection. `X-Accel-Buffering: no` keeps nginx from holding events back.
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+    Content-Type: text/event-stream; charset=utf-8\r\n\
+    Cache-Control: no-cache\r\n\
+    X-Accel-Buffering: no\r\n\
+    Connection: close\r\n\r\n";
+
+/// A heartbeat: a comment line, which clients ignore and proxies see as traffic.
+const HEARTBEAT: &[u8] = b": ping\n\n";
+
+/// How long the closing message and the shutdown may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The SSE route, for any router state that can hand out the node.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Node>: FromRef<S>,
+{
+    Router::new().route("/sse/license", get(sse_handler))
+}
+
+/// The stream's headers on an answer that does not start one (HEAD).
+fn stream_headers() -> [(header::HeaderName, HeaderValue); 3] {
+    [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            header::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ]
+}
+
+/// A refusal before the stream starts, in the API's error shape.
+fn refusal(status: StatusCode, reason: CloseReason) -> Response {
+    let body = serde_json::json!({
+        "error": { "code": reason.label(), "message": reason.text() }
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    } else {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    }
+    response
+}
+
+async fn sse_handler(
+    State(node): State<Arc<Node>>,
+    PeerAddr(peer): PeerAddr,
+    method: Method,
+    Query(query): Query<ConnectQuery>,
+    takeover: Option<axum::Extension<Arc<Takeover>>>,
+    headers: HeaderMap,
+) -> Response {
+    // No `?token=`: a JWT in a URL ends up in proxy logs; a ticket is single-use.
+    let request = admission::Request {
+        peer,
+        headers: &headers,
+        query: &query,
+        token: bearer_token(&headers),
+        last_event_id: headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+    };
+    let handshake = match admission::check(&node, request).await {
+        Ok(handshake) => handshake,
+        Err(refused) => return refused,
+    };
+    let label = TransportKind::Sse.label();
+    if let Err(error) = &handshake.auth {
+        tracing::info!(reason = error.label(), "stream refused");
+        metrics::auth_failed(error.label());
+        metrics::closed(label, Some(error.close_reason()));
+        return refusal(StatusCode::UNAUTHORIZED, error.close_reason());
+    }
+    if let Some(reason) = handshake.refuse {
+        metrics::closed(label, Some(reason));
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, reason);
+    }
+    if method == Method::HEAD {
+        return (StatusCode::OK, stream_headers()).into_response();
+    }
+    let Some(axum::Extension(takeover)) = takeover else {
+        // Only the node's own listener can hand a connection over.
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "streams need the node's listener",
+        )
+            .into_response();
+    };
+    let sessions = node.sessions.clone();
+    // A stream's client never speaks, so a dead one shows only as unacknowledged writes: the
+    // kernel gives up on it after two heartbeat intervals instead of its ~15-minute default.
+    let give_up = node.settings.ping_interval * 2;
+    let taken = takeover.take(Box::new(move |stream| {
+        if let Err(error) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(give_up)) {
+            tracing::debug!(%error, "TCP_USER_TIMEOUT not set");
+        }
+        sessions.spawn(session::run(Sse::new(stream), node, handshake));
+    }));
+    if !taken {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connection already taken",
+        )
+            .into_response();
+    }
+    // Discarded (the connection is taken); closing it lets hyper finish at once.
+    ([(header::CONNECTION, "close")], "").into_response()
+}
+
+/// A session's transport over an SSE response.
+pub struct Sse {
+    stream: TcpStream,
+    /// The response head is still to be written (with the first frame).
+    head: bool,
+}
+
+impl Sse {
+    /// A stream whose response head has not been written yet.
+    pub fn new(stream: TcpStream) -> Self {
+        Self { stream, head: true }
+    }
+
+    /// Writes as much of `frame` as the socket takes now; the rest, copied, when it did not
+    /// take it all. The common case is one vectored write of the shared payload between a
+    /// small prefix and suffix, with nothing copied.
+    fn write_now(&mut self, frame: &Frame) -> io::Result<Option<Vec<u8>>> {
+        let mut prefix = [0u8; 64];
+        let mut prefix_len = 0;
+        let mut lines: Option<Vec<u8>> = None;
+        let (body, suffix): (&[u8], &[u8]) = match frame {
+            Frame::Heartbeat => (HEARTBEAT, b""),
+            Frame::Message(id, payload) => {
+                let mut cursor = &mut prefix[..];
+                if let Some(id) = id {
+                    writeln!(cursor, "id: {id}")?;
+                }
+                cursor.write_all(b"data: ")?;
+                prefix_len = 64 - cursor.len();
+                let text = payload.as_str().as_bytes();
+                // Our JSON has no raw line breaks; a foreign publisher's pretty-printed JSON
+                // could, and each line must then be a `data:` line of its own.
+                if text.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+                    lines = Some(data_lines(text));
+                }
+                (lines.as_deref().unwrap_or(text), b"\n\n")
+            }
+        };
+        let head: &[u8] = if self.head { RESPONSE_HEAD } else { b"" };
+        let parts = [head, &prefix[..prefix_len], body, suffix];
+        let slices = parts.map(IoSlice::new);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let written = match self.stream.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        self.head = false;
+        if written == total {
+            return Ok(None);
+        }
+        let mut rest = Vec::with_capacity(total - written);
+        let mut skip = written;
+        for part in parts {
+            let from = skip.min(part.len());
+            rest.extend_from_slice(&part[from..]);
+            skip -= from;
+        }
+        Ok(Some(rest))
+    }
+}
+
+/// `text` with every line break (CRLF, CR or LF) continued as a new `data:` line.
+fn data_lines(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'\r' | b'\n' => {
+                if text[i] == b'\r' && text.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                out.extend_from_slice(b"\ndata: ");
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+impl Transport for Sse {
+    const KIND: TransportKind = TransportKind::Sse;
+    const ANSWERS_HEARTBEATS: bool = false;
+
+    async fn send(&mut self, frame: Frame) -> bool {
+        match self.write_now(&frame) {
+            Ok(None) => true,
+            Ok(Some(rest)) => self.stream.write_all(&rest).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn receive(&mut self) -> Incoming {
+        loop {
+            if self.stream.readable().await.is_err() {
+                return Incoming::Gone;
+            }
+            let mut scrap = [0u8; 16];
+            match self.stream.try_read(&mut scrap) {
+                // The end of the connection, or bytes a stream's client has no reason to send
+                // (a stream ends its HTTP connection).
+                Ok(_) => return Incoming::Gone,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Incoming::Gone,
+            }
+        }
+    }
+
+    async fn close(&mut self, reason: CloseReason) {
+        let message = ServerMessage::Close {
+            code: reason.code(),
+            reason: reason.text(),
+        }
+        .to_json();
+        let closing = self.send(Frame::Message(None, message.into()));
+        let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.stream.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn line_breaks_become_data_lines() {
+        assert_eq!(
+            data_lines(b"{\n\"a\":1\r\n}\r"),
+            b"{\ndata: \"a\":1\ndata: }\ndata: "
+        );
+    }
+
+    /// The wire format: head once, `id:` only on events, comments as heartbeats, the close.
+    #[tokio::test]
+    async fn frames_are_written_as_server_sent_events() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connecting = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(connecting, listener.accept());
+        let mut client = client.unwrap();
+        let mut sse = Sse::new(accepted.unwrap().0);
+        assert!(
+            sse.send(Frame::Message(None, "{\"type\":\"connected\"}".into()))
+                .await
+        );
+        let id = "5-1".parse().unwrap();
+        assert!(
+            sse.send(Frame::Message(Some(id), "{\"id\":\"5-1\"}".into()))
+                .await
+        );
+        assert!(sse.send(Frame::Heartbeat).await);
+        sse.close(CloseReason::TokenExpired).await;
+        drop(sse);
+        let mut seen = String::new();
+        client.read_to_string(&mut seen).await.unwrap();
+        let head = std::str::from_utf8(RESPONSE_HEAD).unwrap();
+        assert_eq!(
+            seen,
+            format!(
+                "{head}data: {{\"type\":\"connected\"}}\n\nid: 5-1\ndata: {{\"id\":\"5-1\"}}\n\n\
+                 : ping\n\ndata: {{\"type\":\"close\",\"code\":1008,\"reason\":\"token expired\"}}\n\n"
+            )
+        );
+    }
+}
