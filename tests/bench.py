@@ -52,6 +52,20 @@ SCENARIOS = {
     # The same load on Redis Cluster (sharded pub/sub), one master vs three.
     "cluster-1-shard": (FANOUT_50K, {}, "fanout"),
     "cluster-3-shards": (FANOUT_50K, {}, "fanout"),
+    # The same over SSE (#18): RSS per idle stream and CPU per delivery next to the WebSocket.
+    "idle-10k-sse": (
+        ["idle", "--connections", "10000", "--tenants", "100", "--sources", "8", "--hold-secs", "2",
+         "--transport", "sse"],
+        {},
+        "idle",
+    ),
+    "idle-19k-sse": (
+        ["idle", "--connections", "19000", "--tenants", "100", "--sources", "8", "--hold-secs", "2",
+         "--transport", "sse"],
+        {},
+        "idle",
+    ),
+    "fanout-50k-sse": (FANOUT_50K + ["--transport", "sse"], {}, "fanout"),
     "tenant-10k": (
         ["fanout", "--connections", "10000", "--tenants", "1", "--sources", "8",
          "--rate", "5", "--duration-secs", "10", "--drain-secs", "5"],

@@ -1,5 +1,5 @@
-//! The load generator's WebSocket clients: opening them from several source addresses, and one
-//! small task per connection that reads frames and tallies the events it sees.
+//! The load generator's clients (WebSocket or SSE): opening them from several source addresses,
+//! and one small task per connection that reads messages and tallies the events it sees.
 
 use std::cell::{Cell, RefCell};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,12 +16,21 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::{CommonArgs, LoadtestError};
+use super::sse::{SseConn, SseRead};
+use super::{CommonArgs, LoadtestError, TransportArg};
 use crate::auth::Signer;
 use crate::protocol::EventId;
 
-/// One client connection.
+/// One WebSocket client connection.
 pub type Ws = WebSocketStream<TcpStream>;
+
+/// One client connection, of either transport.
+pub enum Conn {
+    /// `/ws/license`.
+    Ws(Box<Ws>),
+    /// `/sse/license`.
+    Sse(SseConn),
+}
 
 /// How long one connection may take to reach `connected`.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -29,7 +38,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// The result of opening every connection.
 pub struct Opened {
     /// Open connections with their tenant's number.
-    pub streams: Vec<(usize, Ws)>,
+    pub streams: Vec<(usize, Conn)>,
     /// Connections that failed, and the first reason.
     pub failures: usize,
     /// Why the first failure failed.
@@ -42,32 +51,37 @@ pub struct Opened {
 /// `concurrency` handshakes at a time, each one complete when `connected` arrived.
 pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
     let signer = Signer::from_args(&common.auth)?;
-    let tokens: Vec<HeaderValue> = (0..common.tenants)
-        .map(|t| {
-            let token = signer.mint(&common.tenant(t), None, 3600);
-            HeaderValue::from_str(&format!("license.v1, bearer.{token}"))
-                .map_err(|e| LoadtestError::Connect(e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
+    let tokens: Vec<String> = (0..common.tenants)
+        .map(|t| signer.mint(&common.tenant(t), None, 3600))
+        .collect();
     let url = match &common.query {
         Some(query) => format!("ws://{}/ws/license?{query}", common.target),
         None => format!("ws://{}/ws/license", common.target),
     };
     let started = Instant::now();
-    let results: Vec<(usize, Result<Ws, String>)> =
+    let results: Vec<(usize, Result<Conn, String>)> =
         futures_util::stream::iter(0..common.connections)
             .map(|i| {
                 let tenant = i % common.tenants;
                 let source = Ipv4Addr::new(127, 0, 0, 1 + (i % common.sources as usize) as u8);
-                let protocols = tokens[tenant].clone();
+                let token = tokens[tenant].as_str();
                 let url = url.as_str();
                 async move {
-                    let opened = tokio::time::timeout(
-                        OPEN_TIMEOUT,
-                        open_one(url, common.target, source, protocols),
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err("timed out".to_owned()));
+                    let opening = async {
+                        match common.transport {
+                            TransportArg::Websocket => open_one(url, common.target, source, token)
+                                .await
+                                .map(|ws| Conn::Ws(Box::new(ws))),
+                            TransportArg::Sse => {
+                                SseConn::open(common.target, source, token, common.query.as_deref())
+                                    .await
+                                    .map(Conn::Sse)
+                            }
+                        }
+                    };
+                    let opened = tokio::time::timeout(OPEN_TIMEOUT, opening)
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".to_owned()));
                     (tenant, opened)
                 }
             })
@@ -103,8 +117,10 @@ async fn open_one(
     url: &str,
     target: SocketAddr,
     source: Ipv4Addr,
-    protocols: HeaderValue,
+    token: &str,
 ) -> Result<Ws, String> {
+    let protocols =
+        HeaderValue::from_str(&format!("license.v1, bearer.{token}")).map_err(|e| e.to_string())?;
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
         .bind(SocketAddr::from((source, 0)))
@@ -218,7 +234,7 @@ fn envelope_id(text: &[u8]) -> Option<EventId> {
 
 /// Starts one [`drive`] task per connection on the current `LocalSet`.
 pub fn drive_all(
-    streams: Vec<(usize, Ws)>,
+    streams: Vec<(usize, Conn)>,
     shared: &Rc<Shared>,
     stop: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<Tally>> {
@@ -230,13 +246,79 @@ pub fn drive_all(
         .collect()
 }
 
-/// Reads `ws` until `stop`, tallying load-test events (`data` = `{"k":tenant,"seq":n,"t":µs}`).
+/// Reads `conn` until `stop`, tallying load-test events (`data` =
+/// `{"k":tenant,"seq":n,"t":µs}`).
 pub async fn drive(
-    mut ws: Ws,
+    conn: Conn,
     tenant: usize,
     shared: Rc<Shared>,
     stop: CancellationToken,
 ) -> Tally {
+    match conn {
+        Conn::Ws(ws) => drive_ws(*ws, tenant, shared, stop).await,
+        Conn::Sse(sse) => drive_sse(sse, tenant, shared, stop).await,
+    }
+}
+
+impl Tally {
+    /// Counts one message's text.
+    fn message(&mut self, bytes: &[u8], tenant: usize, shared: &Shared) {
+        let (Some(k), Some(seq), Some(t)) = (
+            number_after(bytes, b"\"k\":"),
+            number_after(bytes, b"\"seq\":"),
+            number_after(bytes, b"\"t\":"),
+        ) else {
+            self.other += 1;
+            return;
+        };
+        let now = shared.now_us();
+        if k as usize != tenant {
+            self.foreign += 1;
+            return;
+        }
+        if !self.first_sighting(seq) {
+            self.duplicates += 1;
+            return;
+        }
+        let id = envelope_id(bytes);
+        if id.is_some_and(|id| self.last_id.is_some_and(|last| id <= last)) {
+            self.reordered += 1;
+        }
+        self.last_id = self.last_id.max(id);
+        self.received += 1;
+        let _ = shared
+            .latency
+            .borrow_mut()
+            .record(now.saturating_sub(t).max(1));
+        shared.delivered.set(shared.delivered.get() + 1);
+        shared.last_receive.set(Some(Instant::now()));
+    }
+}
+
+async fn drive_sse(
+    mut sse: SseConn,
+    tenant: usize,
+    shared: Rc<Shared>,
+    stop: CancellationToken,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        let read = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = sse.next() => r,
+        };
+        match read {
+            SseRead::Data(data) => tally.message(&data, tenant, &shared),
+            SseRead::Ended(reason) => {
+                tally.ended = Some(reason);
+                break;
+            }
+        }
+    }
+    tally
+}
+
+async fn drive_ws(mut ws: Ws, tenant: usize, shared: Rc<Shared>, stop: CancellationToken) -> Tally {
     let mut tally = Tally::default();
     loop {
         let frame = tokio::select! {
@@ -244,38 +326,7 @@ pub async fn drive(
             f = ws.next() => f,
         };
         match frame {
-            Some(Ok(Message::Text(text))) => {
-                let bytes = text.as_bytes();
-                let (Some(k), Some(seq), Some(t)) = (
-                    number_after(bytes, b"\"k\":"),
-                    number_after(bytes, b"\"seq\":"),
-                    number_after(bytes, b"\"t\":"),
-                ) else {
-                    tally.other += 1;
-                    continue;
-                };
-                let now = shared.now_us();
-                if k as usize != tenant {
-                    tally.foreign += 1;
-                    continue;
-                }
-                if !tally.first_sighting(seq) {
-                    tally.duplicates += 1;
-                    continue;
-                }
-                let id = envelope_id(bytes);
-                if id.is_some_and(|id| tally.last_id.is_some_and(|last| id <= last)) {
-                    tally.reordered += 1;
-                }
-                tally.last_id = tally.last_id.max(id);
-                tally.received += 1;
-                let _ = shared
-                    .latency
-                    .borrow_mut()
-                    .record(now.saturating_sub(t).max(1));
-                shared.delivered.set(shared.delivered.get() + 1);
-                shared.last_receive.set(Some(Instant::now()));
-            }
+            Some(Ok(Message::Text(text))) => tally.message(text.as_bytes(), tenant, &shared),
             Some(Ok(Message::Close(frame))) => {
                 tally.ended = Some(frame.map_or_else(
                     || "closed".to_owned(),

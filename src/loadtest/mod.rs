@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod idle;
 pub mod procstat;
 pub mod report;
+pub mod sse;
 
 use std::net::SocketAddr;
 
@@ -80,6 +81,9 @@ pub struct CommonArgs {
     /// `minSeverity=info`).
     #[arg(long, value_name = "QUERY")]
     pub query: Option<String>,
+    /// The transport the clients use.
+    #[arg(long, value_enum, default_value_t = TransportArg::Websocket)]
+    pub transport: TransportArg,
     /// The gateway's process id: its CPU and RSS are read from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -100,6 +104,15 @@ pub struct IdleArgs {
     /// Seconds to hold the connections once all are open.
     #[arg(long, default_value_t = 5.0)]
     pub hold_secs: f64,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    /// `/ws/license`.
+    Websocket,
+    /// `/sse/license` (token in `Authorization`).
+    Sse,
 }
 
 /// How `fanout` publishes.
@@ -194,7 +207,7 @@ pub async fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
 async fn connect_phase(
     scenario: &'static str,
     common: &CommonArgs,
-) -> Result<(Vec<(usize, clients::Ws)>, report::Report), LoadtestError> {
+) -> Result<(Vec<(usize, clients::Conn)>, report::Report), LoadtestError> {
     common.check()?;
     let pid = common.server_pid;
     let before = procstat::of(pid);
