@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::auth::TenantAuth;
-use crate::engine::tickets::{TICKET_TTL, TicketClaims, digest, new_ticket};
+use crate::engine::tickets::{TicketClaims, digest, new_ticket};
 use crate::gateway::Node;
 use crate::protocol::now_ms;
 
@@ -27,7 +27,7 @@ pub async fn connect_ticket(
         expires_at: claims.expires_at,
     };
     node.tickets.issue_ticket(&digest(&ticket), &claims).await?;
-    let expires_at = (now_ms() + TICKET_TTL.as_millis() as u64).min(claims.expires_at * 1000);
+    let expires_at = now_ms() + claims.lifetime().as_millis() as u64;
     crate::metrics::ticket_issued();
     Ok(Json(json!({ "ticket": ticket, "expiresAt": expires_at })))
 }

@@ -24,10 +24,19 @@ pub struct TicketClaims {
     pub expires_at: u64,
 }
 
+impl TicketClaims {
+    /// How long a ticket for these claims stays valid from now: [`TICKET_TTL`], or until the
+    /// token's `exp` when that is sooner (zero once it passed).
+    pub fn lifetime(&self) -> Duration {
+        let left_ms = (self.expires_at * 1000).saturating_sub(crate::protocol::now_ms());
+        TICKET_TTL.min(Duration::from_millis(left_ms))
+    }
+}
+
 /// Issues and redeems connection tickets.
 #[async_trait]
 pub trait TicketStore: Send + Sync + 'static {
-    /// Stores a ticket (by its digest) for [`TICKET_TTL`].
+    /// Stores a ticket (by its digest) for [`TicketClaims::lifetime`].
     async fn issue_ticket(&self, digest: &str, claims: &TicketClaims) -> Result<(), EngineError>;
 
     /// Takes a ticket: its claims the first time, `None` ever after, after it expired, or for

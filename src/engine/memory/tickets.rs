@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::MemoryEngine;
 use crate::engine::EngineError;
-use crate::engine::tickets::{TICKET_TTL, TicketClaims, TicketStore};
+use crate::engine::tickets::{TicketClaims, TicketStore};
 
 /// Tickets outstanding at most (each lives 30 s): beyond it issuing fails, so no client can
 /// grow the map without bound.
@@ -26,7 +26,7 @@ impl TicketStore for MemoryEngine {
                 "too many outstanding tickets".into(),
             ));
         }
-        tickets.insert(digest.to_owned(), (claims.clone(), now + TICKET_TTL));
+        tickets.insert(digest.to_owned(), (claims.clone(), now + claims.lifetime()));
         Ok(())
     }
 

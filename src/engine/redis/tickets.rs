@@ -7,7 +7,7 @@ use fred::types::{Expiration, SetOptions};
 
 use super::{RedisEngine, unavailable};
 use crate::engine::EngineError;
-use crate::engine::tickets::{TICKET_TTL, TicketClaims, TicketStore};
+use crate::engine::tickets::{TicketClaims, TicketStore};
 
 fn key(digest: &str) -> String {
     format!("license:ticket:{digest}")
@@ -23,7 +23,10 @@ impl TicketStore for RedisEngine {
             .set(
                 key(digest),
                 json,
-                Some(Expiration::PX(TICKET_TTL.as_millis() as i64)),
+                // At least 1 ms: Redis refuses a zero expiry.
+                Some(Expiration::PX(
+                    (claims.lifetime().as_millis() as i64).max(1),
+                )),
                 Some(SetOptions::NX),
                 false,
             )
