@@ -1,6 +1,7 @@
 //! Delivery guarantees against real Redis, real gateway processes and a real nginx: resume on
 //! another node under load, Redis restarts, a node killed behind a round-robin balancer, slow
-//! consumers, graceful drain, and a chaos run mixing these faults.
+//! consumers, graceful drain, and a chaos run mixing these faults. The first five run over both
+//! transports (WebSocket and SSE).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,6 +10,14 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::json;
+
+both_transports!(
+    resume_on_the_other_node_while_200_events_per_second_flow,
+    redis_restart_under_50_clients_loses_nothing,
+    node_killed_behind_round_robin_nginx_loses_nothing,
+    a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_events,
+    drain_turns_readiness_off_first_and_spreads_closes,
+);
 
 /// Publishes through the API of the first node in `ports` that accepts (201); returns the id,
 /// or `None` when no node accepted (the event was not published).
@@ -105,13 +114,13 @@ fn check_exactly_once(label: &str, published: &[String], followers: &[Followed])
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_on_the_other_node_while_200_events_per_second_flow() {
+async fn resume_on_the_other_node_while_200_events_per_second_flow(transport: Transport) {
     let redis = Redis::start();
     let a = Gateway::start(GatewayOptions::redis(&redis)).await;
     let b = Gateway::start(GatewayOptions::redis(&redis)).await;
     let target = Target::new();
-    let follower = tokio::spawn(follow_hopping(
+    let follower = tokio::spawn(follow_over(
+        transport,
         vec![a.ws_url(), b.ws_url()],
         tenant_token("acme"),
         target.clone(),
@@ -133,18 +142,19 @@ async fn resume_on_the_other_node_while_200_events_per_second_flow() {
     check_exactly_once("resume across nodes", &published, &[seen]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_under_50_clients_loses_nothing() {
+async fn redis_restart_under_50_clients_loses_nothing(transport: Transport) {
     let mut redis = Redis::start_with_aof();
     let node = Gateway::start(GatewayOptions::redis(&redis)).await;
     let targets: Vec<Target> = (0..5).map(|_| Target::new()).collect();
     let followers: Vec<_> = (0..50)
         .map(|i| {
-            tokio::spawn(follow(
+            tokio::spawn(follow_over(
+                transport,
                 vec![node.ws_url()],
                 tenant_token(&format!("t{}", i % 5)),
                 targets[i % 5].clone(),
                 Duration::from_secs(60),
+                None,
             ))
         })
         .collect();
@@ -242,8 +252,7 @@ async fn redis_restart_under_50_clients_loses_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_killed_behind_round_robin_nginx_loses_nothing() {
+async fn node_killed_behind_round_robin_nginx_loses_nothing(transport: Transport) {
     let redis = Redis::start();
     let a = Gateway::start(GatewayOptions::redis(&redis)).await;
     let b = Gateway::start(GatewayOptions::redis(&redis)).await;
@@ -252,11 +261,13 @@ async fn node_killed_behind_round_robin_nginx_loses_nothing() {
     let target = Target::new();
     let followers: Vec<_> = (0..60)
         .map(|_| {
-            tokio::spawn(follow(
+            tokio::spawn(follow_over(
+                transport,
                 vec![nginx.ws_url()],
                 tenant_token("acme"),
                 target.clone(),
                 Duration::from_secs(60),
+                None,
             ))
         })
         .collect();
@@ -293,20 +304,23 @@ async fn node_killed_behind_round_robin_nginx_loses_nothing() {
     check_exactly_once("node killed behind nginx", &published, &results);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_events() {
+async fn a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_events(
+    transport: Transport,
+) {
     let redis = Redis::start();
     let node = Gateway::start(GatewayOptions::redis(&redis)).await;
     let token = tenant_token("acme");
     let target = Target::new();
-    let healthy = tokio::spawn(follow(
+    let healthy = tokio::spawn(follow_over(
+        transport,
         vec![node.ws_url()],
         token.clone(),
         target.clone(),
         Duration::from_secs(120),
+        None,
     ));
     // The stalled client reads nothing until the end.
-    let mut stalled = stalled_client(node.port, &node.ws_url(), &token).await;
+    let mut stalled = harness::client::stalled(transport, &node.ws_url(), &token).await;
     eventually(WAIT, "both connected", || async {
         (admin_stats(node.port).await["totalConnections"] == 2).then_some(())
     })
@@ -349,12 +363,36 @@ async fn a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_even
     let seen = healthy.await.unwrap();
     check_exactly_once("10,000 events beside a stalled client", &published, &[seen]);
 
-    let close = final_close(&mut stalled, Duration::from_secs(30)).await;
-    assert_eq!(close, Some((1013, "slow consumer".to_owned())));
+    // Now it reads: what was queued, then the close (over SSE a full socket may leave no room
+    // for the close message: the stream just ends, and the metric says why).
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stalled.read(WAIT).await {
+                Some(Read::Text(_)) => {}
+                Some(Read::Close(close)) => return close,
+                Some(Read::Ended) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stalled client was closed in time");
+    match transport {
+        Transport::WebSocket => assert_eq!(close, Some((1013, "slow consumer".to_owned()))),
+        Transport::Sse => {
+            assert!(close.is_none() || close == Some((1013, "slow consumer".to_owned())))
+        }
+    }
+    let label = match transport {
+        Transport::WebSocket => "websocket",
+        Transport::Sse => "sse",
+    };
+    let key = format!(
+        "license_gateway_closes_total{{code=\"1013\",reason=\"slow_consumer\",transport=\"{label}\"}}"
+    );
+    assert_eq!(metric_series(node.port, &key).await, 1.0, "{key}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_turns_readiness_off_first_and_spreads_closes() {
+async fn drain_turns_readiness_off_first_and_spreads_closes(transport: Transport) {
     let redis = Redis::start();
     let options = GatewayOptions::redis(&redis)
         .env("DRAIN_DELAY_SECS", "2")
@@ -363,7 +401,7 @@ async fn drain_turns_readiness_off_first_and_spreads_closes() {
     let mut clients = Vec::new();
     for _ in 0..40 {
         clients.push(
-            WsClient::connected(&node.ws_url(), &tenant_token("acme"))
+            AnyClient::connected(transport, &node.ws_url(), &tenant_token("acme"))
                 .await
                 .0,
         );
@@ -381,13 +419,24 @@ async fn drain_turns_readiness_off_first_and_spreads_closes() {
     )
     .await;
     // ...but sends new connections elsewhere at once.
-    let mut late = ws_connect(
-        &node.ws_url(),
-        Some(&tenant_token("acme")),
-        Carrier::Subprotocol,
-    )
-    .await;
-    late.expect_close(1001, "going away").await;
+    match transport {
+        Transport::WebSocket => {
+            let mut late = ws_connect(
+                &node.ws_url(),
+                Some(&tenant_token("acme")),
+                Carrier::Subprotocol,
+            )
+            .await;
+            late.expect_close(1001, "going away").await;
+        }
+        Transport::Sse => {
+            let auth = format!("Bearer {}", tenant_token("acme"));
+            let late = SseClient::open(node.port, "/sse/license", &[("Authorization", &auth)])
+                .await
+                .unwrap();
+            assert_eq!(late.status, 503, "a draining node refuses new streams");
+        }
+    }
 
     // Each client on its own task, so every close is timed when it arrives.
     let readers: Vec<_> = clients

@@ -40,14 +40,6 @@ async fn ids_of(port: u16, tenant: &str, n: usize) -> Vec<Value> {
     sent
 }
 
-/// The value of one exact series in `/metrics` (0 when absent).
-async fn series(port: u16, key: &str) -> f64 {
-    let (_, text) = http(port, "GET", "/metrics", None, None).await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn a_stream_has_proxy_headers_connected_and_events_with_ids(backend: Backend) {
     let d = Deployment::start(backend, &[]).await;
     let (mut client, hello) = SseClient::connected(d.port(), &tenant_token("acme")).await;
@@ -75,11 +67,11 @@ async fn a_stream_has_proxy_headers_connected_and_events_with_ids(backend: Backe
         .collect();
     assert_eq!(ids, want, "each event's id: is its envelope id");
     assert_eq!(
-        series(d.port(), "license_gateway_connections{transport=\"sse\"}").await,
+        metric_series(d.port(), "license_gateway_connections{transport=\"sse\"}").await,
         1.0
     );
     assert_eq!(
-        series(
+        metric_series(
             d.port(),
             "license_gateway_connections{transport=\"websocket\"}"
         )
@@ -178,7 +170,7 @@ async fn refusals_are_http_statuses_and_a_ticket_opens_one_stream(backend: Backe
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let (status, _) = refused(port, &format!("/sse/license?ticket={t}"), &[]).await;
     assert_eq!(status, 401, "expired ticket");
-    let refusals = series(
+    let refusals = metric_series(
         port,
         "license_gateway_closes_total{code=\"1008\",reason=\"invalid_token\",transport=\"sse\"}",
     )
@@ -387,7 +379,7 @@ async fn a_stalled_stream_is_closed_and_others_keep_up(backend: Backend) {
     assert_eq!(ended, Ok(true), "the stalled stream ended");
     let key =
         "license_gateway_closes_total{code=\"1013\",reason=\"slow_consumer\",transport=\"sse\"}";
-    assert_eq!(series(d.port(), key).await, 1.0);
+    assert_eq!(metric_series(d.port(), key).await, 1.0);
 }
 
 async fn sigterm_ends_streams_with_going_away(backend: Backend) {

@@ -3,12 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::client::{AnyClient, Transport};
+use crate::ws::Read;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-use crate::sse::SseClient;
-use crate::ws::{Read, WsClient};
 
 /// What a [`follow`]ing client saw.
 #[derive(Debug, Default, Clone)]
@@ -41,95 +38,6 @@ impl Target {
         match *self.0.lock().unwrap() {
             None => false,
             Some(last) => seen.ids.last().is_some_and(|id| id_key(id) >= last) || last == (0, 0),
-        }
-    }
-}
-
-/// Which transport a client uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// `/ws/license`.
-    WebSocket,
-    /// `/sse/license`.
-    Sse,
-}
-
-/// A connection of either transport, read the same way.
-enum Conn {
-    Ws(WsClient),
-    Sse(SseClient),
-}
-
-impl Conn {
-    /// Connects to `url` (a `ws://host:port/ws/license` URL; SSE uses its host and port) with
-    /// the token, resuming after `last` when given.
-    async fn open(
-        transport: Transport,
-        url: &str,
-        token: &str,
-        last: Option<&String>,
-    ) -> Option<Self> {
-        match transport {
-            Transport::WebSocket => {
-                let mut request = url.into_client_request().ok()?;
-                let mut protocols = format!("license.v1, bearer.{token}");
-                if let Some(last) = last {
-                    protocols.push_str(&format!(", last.{last}"));
-                }
-                request.headers_mut().insert(
-                    "Sec-WebSocket-Protocol",
-                    HeaderValue::from_str(&protocols).unwrap(),
-                );
-                let connected = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    tokio_tungstenite::connect_async(request),
-                )
-                .await;
-                let Ok(Ok((ws, _))) = connected else {
-                    return None;
-                };
-                Some(Self::Ws(WsClient { ws, protocol: None }))
-            }
-            Transport::Sse => {
-                let port: u16 = url
-                    .trim_start_matches("ws://")
-                    .split(['/', '?'])
-                    .next()?
-                    .rsplit(':')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                let auth = format!("Bearer {token}");
-                let mut headers = vec![("Authorization", auth.as_str())];
-                if let Some(last) = last {
-                    headers.push(("Last-Event-ID", last.as_str()));
-                }
-                let client = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    SseClient::open(port, "/sse/license", &headers),
-                )
-                .await;
-                match client {
-                    Ok(Ok(client)) if client.status == 200 => Some(Self::Sse(client)),
-                    _ => None,
-                }
-            }
-        }
-    }
-
-    async fn read(&mut self, within: Duration) -> Option<Read> {
-        match self {
-            Self::Ws(c) => c.read(within).await,
-            Self::Sse(c) => c.read(within).await,
-        }
-    }
-
-    async fn close(self) {
-        match self {
-            Self::Ws(mut c) => {
-                let _ = c.ws.close(None).await;
-            }
-            Self::Sse(c) => drop(c),
         }
     }
 }
@@ -174,7 +82,8 @@ pub async fn follow_over(
     while !done(&seen) && Instant::now() < deadline {
         let url = &urls[attempt % urls.len()];
         attempt += 1;
-        let Some(mut client) = Conn::open(transport, url, &token, seen.ids.last()).await else {
+        let Some(mut client) = AnyClient::open(transport, url, &token, seen.ids.last()).await
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };

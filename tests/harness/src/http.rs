@@ -73,6 +73,22 @@ pub async fn admin_json(port: u16, method: &str, path: &str, body: Option<Value>
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The value of one exact series (name with its labels, as `/metrics` prints it); 0 when absent.
+pub async fn metric_series(port: u16, series: &str) -> f64 {
+    let (_, text) = http(port, "GET", "/metrics", None, None)
+        .await
+        .expect("/metrics request");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// The sum of every sample of metric `name` on `/metrics` (0 when absent).
 pub async fn metric(port: u16, name: &str) -> f64 {
     let (status, text) = http(port, "GET", "/metrics", None, None)

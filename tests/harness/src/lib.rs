@@ -7,6 +7,7 @@
 //! without dead-code warnings for the rest.
 
 pub mod browser;
+pub mod client;
 pub mod follow;
 pub mod gateway;
 pub mod http;
@@ -27,9 +28,12 @@ pub mod ws;
 use std::time::Duration;
 
 pub use browser::{Browser, b64decode};
+pub use client::{AnyClient, Transport};
 pub use follow::*;
 pub use gateway::{Backend, Deployment, Gateway, GatewayOptions};
-pub use http::{KeyedPublish, admin_json, admin_stats, http, metric, publish, publish_with_key};
+pub use http::{
+    KeyedPublish, admin_json, admin_stats, http, metric, metric_series, publish, publish_with_key,
+};
 pub use jwks::{JwksMode, JwksServer, SigningKey};
 pub use nginx::Nginx;
 pub use otlp::OtlpReceiver;

@@ -48,3 +48,19 @@ macro_rules! every_engine {
         $crate::on_tls!($($name),*);
     };
 }
+
+/// Generates one `#[tokio::test]` per transport (modules `websocket` and `sse`) for each listed
+/// `async fn name(transport: Transport)` of the calling test file.
+#[macro_export]
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod websocket {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Transport::WebSocket).await } )*
+        }
+        mod sse {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::Transport::Sse).await } )*
+        }
+    };
+}
