@@ -287,6 +287,104 @@ async fn page_reconnects_and_resumes_when_its_node_is_killed() {
     assert_eq!(browser.eval(&format!("return {count};")).await, 1);
 }
 
+/// Behind a proxy that breaks WebSocket upgrades, the page falls back to SSE within 10 s of
+/// loading (two failed attempts), shows it, receives every event once, and resumes on the other
+/// node when the one it uses is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_falls_back_to_sse_behind_a_proxy_without_websockets_and_resumes_after_a_kill() {
+    let redis = Redis::start();
+    let mut a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let mut b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let nginx = Nginx::start_without_websockets(&[a.port, b.port]).await;
+    put(
+        a.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(true),
+    )
+    .await;
+    let browser = Browser::start().await;
+    let loaded = Instant::now();
+    browser
+        .goto(&format!(
+            "{}/?token={}",
+            nginx.http_url(),
+            tenant_token("acme")
+        ))
+        .await;
+    browser
+        .wait_for(
+            "window.licenseClient && window.licenseClient.state === 'open' && window.licenseClient.transport === 'sse'",
+            Duration::from_secs(10),
+        )
+        .await;
+    println!("fell back to SSE {:?} after loading", loaded.elapsed());
+    assert!(loaded.elapsed() <= Duration::from_secs(10));
+    browser
+        .wait_for(
+            "document.getElementById('state').dataset.transport === 'sse' && document.getElementById('state').textContent === 'open · SSE'",
+            WAIT,
+        )
+        .await;
+
+    let received = |id: &str| {
+        format!("window.licenseClient.notifications.filter(n => n.id === '{id}').length")
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let sent = publish(
+            a.port,
+            "acme",
+            "usage_limit_warning",
+            json!({"metric": "users", "used": 80 + i, "limit": 100, "percent": 80.0 + i as f64}),
+        )
+        .await;
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(browser.wait_for(&received(id), WAIT).await, 1);
+    }
+
+    let node = browser.eval("return window.licenseClient.node;").await;
+    let (survivor_port, survivor_id) = if node == a.node_id {
+        a.kill();
+        (b.port, b.node_id.clone())
+    } else {
+        assert_eq!(node, b.node_id);
+        b.kill();
+        (a.port, a.node_id.clone())
+    };
+    let sent = publish(
+        survivor_port,
+        "acme",
+        "usage_limit_exceeded",
+        json!({"metric": "users", "used": 120, "limit": 100, "percent": 120.0}),
+    )
+    .await;
+    let id = sent["id"].as_str().unwrap();
+    assert_eq!(
+        browser
+            .wait_for(&received(id), Duration::from_secs(20))
+            .await,
+        1
+    );
+    assert_eq!(
+        browser.eval("return window.licenseClient.node;").await,
+        survivor_id.as_str()
+    );
+    assert_eq!(
+        browser.eval("return window.licenseClient.transport;").await,
+        "sse"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in ids.iter().map(String::as_str).chain([id]) {
+        assert_eq!(
+            browser.eval(&format!("return {};", received(id))).await,
+            1,
+            "{id} once"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_screenshot() {
     // `serve --demo` with the test secret, so the test can mint the page's tokens.
@@ -364,6 +462,69 @@ async fn client_refreshes_its_token_in_band_before_it_expires() {
             WAIT,
         )
         .await;
+}
+
+/// Over SSE there is no in-band refresh: before the token expires the client reopens its stream
+/// with a fresh token and ticket, resuming after the last event, so nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_reopens_its_stream_with_a_fresh_token_before_it_expires() {
+    let gateway = Gateway::start(GatewayOptions::memory().env("JWT_LEEWAY_SECS", "0")).await;
+    let browser = Browser::start().await;
+    open_page(&browser, &gateway.http_url(""), "acme").await;
+    let short = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 8}));
+    let fresh = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 3600}));
+    browser
+        .eval(&format!(
+            "window.tokens = ['{short}', '{fresh}']; window.calls = 0; \
+             import('/client.js').then((m) => {{ window.c2 = m.connect({{ transport: 'sse', fetchLicense: false, \
+               refreshBefore: 4000, getToken: () => window.tokens[Math.min(window.calls++, 1)] }}); }});"
+        ))
+        .await;
+    browser
+        .wait_for("window.c2 && window.c2.state === 'open'", WAIT)
+        .await;
+    assert_eq!(browser.eval("return window.c2.transport;").await, "sse");
+    let first = browser.eval("return window.c2.connectionId;").await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let sent = publish(
+            gateway.port,
+            "acme",
+            "license_updated",
+            json!({"changes": ["plan"]}),
+        )
+        .await;
+        ids.push(sent["id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let sent = publish(
+        gateway.port,
+        "acme",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    ids.push(sent["id"].as_str().unwrap().to_owned());
+    for id in &ids {
+        let once = format!("window.c2.notifications.filter(n => n.id === '{id}').length === 1");
+        browser.wait_for(&once, WAIT).await;
+    }
+    assert_eq!(browser.eval("return window.c2.state;").await, "open");
+    assert_ne!(
+        browser.eval("return window.c2.connectionId;").await,
+        first,
+        "a new stream"
+    );
+    assert_eq!(browser.eval("return window.calls;").await, 2);
+    assert_eq!(
+        browser.eval("return window.c2.lastClose;").await,
+        Value::Null,
+        "never closed by the server"
+    );
+    assert_eq!(
+        browser.eval("return window.c2.notifications.length;").await,
+        3
+    );
 }
 
 /// A revoked connection is an authentication failure to the browser client: without

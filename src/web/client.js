@@ -6,7 +6,14 @@
 //   client.on("notifications", (list) => renderToasts(list));
 //   client.on("license", (view) => renderLicense(view));
 //
-// The token travels in the WebSocket subprotocol list (never in the URL). The client reconnects
+// Transports: `transport: "auto"` (the default) opens a WebSocket and falls back to Server-Sent
+// Events (/sse/license) for the page's life when two WebSocket attempts fail or one brings no
+// `connected` within 5 s — as behind proxies that break the upgrade. "websocket" and "sse" pin
+// one. `client.transport` says which is in use (reported on "transport").
+//
+// The token travels in the WebSocket subprotocol list (never in the URL); an SSE stream opens
+// with a single-use ticket (`POST /api/connect-ticket`) instead, since EventSource cannot send
+// headers. The client reconnects
 // with exponential backoff and full jitter (1 s doubling to 30 s) and never gives up silently:
 // `client.state` is "connecting", "open", "reconnecting" or "offline", reported on "state". It
 // resumes with the last event id it saw, so a reconnect loses nothing, and refreshes its token
@@ -25,6 +32,11 @@ const REFETCH_AFTER = new Set(["license_expired", "module_deactivated", "license
 
 /** Close codes after which reconnecting with the same token is pointless. */
 const AUTH_FAILED = 1008;
+
+/** With `transport: "auto"`: failed WebSocket attempts before falling back to SSE. */
+const WS_ATTEMPTS = 2;
+/** With `transport: "auto"`: how long a WebSocket may take to bring `connected`, ms. */
+const WS_CONNECTED_WITHIN = 5000;
 
 /** Human text for an event: names the metric of a usage event and the module of a module event. */
 export function describe(event) {
@@ -84,6 +96,8 @@ export class LicenseClient {
   /**
    * @param {object} options
    * @param {string} [options.url] WebSocket endpoint; default: this page's host, /ws/license.
+   * @param {"auto"|"websocket"|"sse"} [options.transport="auto"] which transport to use.
+   * @param {string} [options.sseUrl] SSE endpoint; default: derived from `url` (/sse/license).
    * @param {string} [options.token] a JWT (when `getToken` is not given).
    * @param {() => Promise<string>|string} [options.getToken] fresh JWT on demand (connect and refresh).
    * @param {string} [options.apiBase] base URL of the HTTP API; default: derived from `url`.
@@ -104,7 +118,12 @@ export class LicenseClient {
     this.refreshBefore = options.refreshBefore ?? 60000;
     this.maxNotifications = options.maxNotifications ?? 50;
     this.fetchLicenseEnabled = options.fetchLicense ?? true;
+    this.sseUrl = options.sseUrl || this.url.replace(/^ws/, "http").replace(/\/ws\/license.*$/, "/sse/license");
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    this.EventSource = options.EventSource || globalThis.EventSource;
+    this.transportOption = options.transport || "auto";
+    /** The transport in use: "websocket" or "sse". */
+    this.transport = this.transportOption === "sse" ? "sse" : "websocket";
 
     this.state = "connecting";
     this.lastEventId = null;
@@ -122,6 +141,10 @@ export class LicenseClient {
     this.lastClose = null;
     this._listeners = new Map();
     this._ws = null;
+    this._sse = null;
+    this._wsFailures = 0;
+    this._gotConnected = false;
+    this._connectTimer = null;
     this._closed = false;
     this._retryTimer = null;
     this._refreshTimer = null;
@@ -134,7 +157,7 @@ export class LicenseClient {
     if (this.fetchLicenseEnabled) this.refetchLicense();
   }
 
-  /** Subscribes to an event type, "*" (every event), "state", "notifications" (toasts),
+  /** Subscribes to an event type, "*" (every event), "state", "transport", "notifications" (toasts),
    *  "license", "resync", "unread" (count), "inbox" (stored list), "readstate"
    *  (`notification_state`), "preferences" or "error"; returns a function that unsubscribes. */
   on(type, callback) {
@@ -161,7 +184,9 @@ export class LicenseClient {
     this._closed = true;
     clearTimeout(this._retryTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._connectTimer);
     if (this._ws) this._ws.close(1000, "client closed");
+    if (this._sse) this._sse.close();
     this._setState("offline");
   }
 
@@ -315,6 +340,8 @@ export class LicenseClient {
       this._setState("offline");
       return;
     }
+    this._gotConnected = false;
+    if (this.transport === "sse") return this._openSse(token);
     const protocols = ["license.v1", `bearer.${token}`];
     if (this.lastEventId) protocols.push(`last.${this.lastEventId}`);
     let ws;
@@ -322,23 +349,89 @@ export class LicenseClient {
       ws = new this.WebSocket(this.url, protocols);
     } catch (error) {
       this._emit("error", error);
-      return this._scheduleRetry();
+      return this._closedBy({ code: 1006, reason: "" });
     }
     this._ws = ws;
+    if (this.transportOption === "auto") {
+      // A proxy that holds the upgrade open without answering counts as a failed attempt.
+      clearTimeout(this._connectTimer);
+      this._connectTimer = setTimeout(() => {
+        if (this._ws === ws && !this._gotConnected) ws.close();
+      }, WS_CONNECTED_WITHIN);
+    }
     ws.onmessage = (message) => this._onMessage(message.data);
     ws.onclose = (event) => {
       if (this._ws !== ws) return;
       this._ws = null;
-      clearTimeout(this._refreshTimer);
-      this.lastClose = { code: event.code, reason: event.reason };
-      if (this._closed) return;
-      // A refused token only helps again if a new one can be fetched.
-      if (event.code === AUTH_FAILED && !this.getToken) {
-        this._setState("offline");
+      this._closedBy({ code: event.code, reason: event.reason });
+    };
+  }
+
+  /** Opens an SSE stream with a fresh ticket, resuming after the last event seen. */
+  async _openSse(token) {
+    let ticket;
+    try {
+      const response = await fetch(`${this.apiBase}/api/connect-ticket`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token}` },
+      });
+      if (response.status === 401) return this._closedBy({ code: AUTH_FAILED, reason: "invalid token" });
+      if (!response.ok) throw new Error(`connect-ticket: ${response.status}`);
+      ticket = (await response.json()).ticket;
+    } catch (error) {
+      this._emit("error", error);
+      return this._closedBy({ code: 1006, reason: "" });
+    }
+    if (this._closed) return;
+    const query = new URLSearchParams({ ticket });
+    if (this.lastEventId) query.set("lastEventId", this.lastEventId);
+    let es;
+    try {
+      es = new this.EventSource(`${this.sseUrl}?${query}`);
+    } catch (error) {
+      this._emit("error", error);
+      return this._closedBy({ code: 1006, reason: "" });
+    }
+    this._sse = es;
+    const end = (close) => {
+      if (this._sse !== es) return;
+      // EventSource would reconnect by itself with the spent ticket: this client does it.
+      es.close();
+      this._sse = null;
+      this._closedBy(close);
+    };
+    es.onmessage = (message) => {
+      let parsed = null;
+      try {
+        parsed = JSON.parse(message.data);
+      } catch {
         return;
       }
-      this._scheduleRetry();
+      // SSE has no close frame: the server's last message says why the stream ends.
+      if (parsed && parsed.type === "close") return end({ code: parsed.code, reason: parsed.reason });
+      this._onMessage(message.data);
     };
+    es.onerror = () => end({ code: 1006, reason: "" });
+  }
+
+  /** After a connection ended: falls back, gives up or schedules the next attempt. */
+  _closedBy(close) {
+    clearTimeout(this._refreshTimer);
+    clearTimeout(this._connectTimer);
+    this.lastClose = close;
+    if (this._closed) return;
+    if (this.transport === "websocket" && !this._gotConnected) this._wsFailures += 1;
+    if (this.transportOption === "auto" && this.transport === "websocket" && this._wsFailures >= WS_ATTEMPTS) {
+      this.transport = "sse";
+      this._emit("transport", this.transport);
+      return this._open();
+    }
+    // A refused token only helps again if a new one can be fetched.
+    if (close.code === AUTH_FAILED && !this.getToken) {
+      this._setState("offline");
+      return;
+    }
+    this._scheduleRetry();
   }
 
   _scheduleRetry() {
@@ -356,7 +449,7 @@ export class LicenseClient {
   }
 
   _retryNow() {
-    if (this._closed || this._ws) return;
+    if (this._closed || this._ws || this._sse) return;
     clearTimeout(this._retryTimer);
     this._open();
   }
@@ -369,6 +462,14 @@ export class LicenseClient {
     const wait = Math.max(5000, exp - Date.now() - this.refreshBefore);
     this._refreshTimer = setTimeout(async () => {
       try {
+        if (this._sse) {
+          // A stream cannot be refreshed in-band: reopen it with a fresh token and ticket,
+          // resuming after the last event, before the old token expires.
+          const es = this._sse;
+          this._sse = null;
+          es.close();
+          return this._open();
+        }
         const token = await this._token();
         if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify({ type: "auth", token }));
       } catch (error) {
@@ -389,6 +490,9 @@ export class LicenseClient {
         // A client that has seen no event yet resumes from the stream's starting point.
         if (!this.lastEventId && message.lastEventId) this.lastEventId = message.lastEventId;
         this.attempt = 0;
+        this._gotConnected = true;
+        if (this.transport === "websocket") this._wsFailures = 0;
+        clearTimeout(this._connectTimer);
         this.node = message.node;
         this.connectionId = message.connectionId;
         this._setUnread(message.unreadCount);

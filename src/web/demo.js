@@ -18,8 +18,19 @@ if (!token) {
 const client = connect({ token });
 window.licenseClient = client; // for tests and the console
 
-// Connection badge.
-client.on("state", (state) => { $("state").dataset.state = state; $("state").textContent = state; });
+// Connection badge: the state and the transport in use.
+function showConnection() {
+  const badge = $("state");
+  badge.dataset.state = client.state;
+  badge.dataset.transport = client.transport;
+  badge.textContent = `${client.state} · ${client.transport === "sse" ? "SSE" : "WebSocket"}`;
+  badge.title = client.transport === "sse"
+    ? "Server-Sent Events: this network does not pass WebSockets"
+    : "WebSocket";
+}
+client.on("state", showConnection);
+client.on("transport", showConnection);
+showConnection();
 
 // License panel.
 function renderLicense(view) {

@@ -16,7 +16,18 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// Round robin over `upstreams`, passing WebSocket upgrades, SSE unbuffered.
     pub async fn start(upstreams: &[u16]) -> Self {
+        Self::start_proxy(upstreams, true).await
+    }
+
+    /// Like a proxy that breaks WebSockets: upgrade requests reach the nodes without their
+    /// `Upgrade` header (so the handshake fails), while ordinary requests and SSE pass.
+    pub async fn start_without_websockets(upstreams: &[u16]) -> Self {
+        Self::start_proxy(upstreams, false).await
+    }
+
+    async fn start_proxy(upstreams: &[u16], websockets: bool) -> Self {
         let dir = TempDir::new("lgw-nginx");
         let port = free_port();
         let d = dir.0.display();
@@ -24,6 +35,12 @@ impl Nginx {
             .iter()
             .map(|p| format!("    server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
             .collect();
+        let upgrade = if websockets {
+            "proxy_set_header Upgrade $http_upgrade;\n      \
+             proxy_set_header Connection $connection_upgrade;"
+        } else {
+            "proxy_set_header Connection \"\";"
+        };
         let conf = format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
@@ -31,9 +48,13 @@ impl Nginx {
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
              upstream gateways {{\n{servers}  }}\n\
              map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://gateways;\n\
-             proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n\
-             proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 1h;\n\
+             server {{\n    listen 127.0.0.1:{port};\n\
+             location /sse/ {{\n      proxy_pass http://gateways;\n      proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_cache off;\n\
+             proxy_read_timeout 1h;\n      proxy_connect_timeout 1s;\n\
+             proxy_next_upstream error timeout http_502 http_503;\n    }}\n\
+             location / {{\n      proxy_pass http://gateways;\n\
+             proxy_http_version 1.1;\n      {upgrade}\n      proxy_read_timeout 1h;\n\
              proxy_connect_timeout 1s;\n      proxy_next_upstream error timeout http_502;\n    }}\n  }}\n}}\n"
         );
         let path = dir.0.join("nginx.conf");
@@ -75,6 +96,10 @@ impl Nginx {
 
     pub fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}/ws/license", self.port)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn error_log(&self) -> String {
