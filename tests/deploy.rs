@@ -252,6 +252,17 @@ async fn compose_topology_runs_natively() {
     .unwrap();
     assert_eq!(status, 200);
     assert_eq!(client.next_json().await["type"], "usage_limit_exceeded");
+    // An SSE stream through the same port, unbuffered by nginx's /sse/ location.
+    let (mut stream, _) = SseClient::connected(port, &tenant_token("acme")).await;
+    let sent = publish(
+        port,
+        "acme",
+        "license_updated",
+        json!({"changes": ["plan"]}),
+    )
+    .await;
+    assert_eq!(stream.next_json().await, sent);
+    assert_eq!(client.next_json().await, sent);
     // The looping worker fires the expiry through whichever node holds the client.
     let expired = loop {
         let e = tokio::time::timeout(Duration::from_secs(8), client.next_json())
@@ -355,8 +366,15 @@ fn kubernetes_deployment_holds_no_secret_and_is_safe_by_default() {
         .collect();
     assert_eq!(
         paths,
-        ["/ws/license", "/api/license", "/client.js"],
-        "public paths"
+        [
+            "/ws/license",
+            "/sse/license",
+            "/api/connect-ticket",
+            "/api/notifications",
+            "/api/license",
+            "/client.js"
+        ],
+        "public paths: the browser's routes, never /api/admin, /metrics or the demo page"
     );
     for setting in [
         "ALLOWED_ORIGINS:",
