@@ -66,6 +66,12 @@ SCENARIOS = {
         "idle",
     ),
     "fanout-50k-sse": (FANOUT_50K + ["--transport", "sse"], {}, "fanout"),
+    "tenant-10k-sse": (
+        ["fanout", "--connections", "10000", "--tenants", "1", "--sources", "8",
+         "--rate", "5", "--duration-secs", "10", "--drain-secs", "5", "--transport", "sse"],
+        {},
+        "fanout",
+    ),
     "tenant-10k": (
         ["fanout", "--connections", "10000", "--tenants", "1", "--sources", "8",
          "--rate", "5", "--duration-secs", "10", "--drain-secs", "5"],

@@ -50,6 +50,16 @@ async fn open_page(browser: &Browser, base: &str, tenant: &str) {
         .await;
 }
 
+/// SIGKILLs whichever of `a` and `b` the page's client is connected to; returns the other's
+/// port and node id.
+async fn kill_the_pages_node(browser: &Browser, a: &mut Gateway, b: &mut Gateway) -> (u16, String) {
+    let node = browser.eval("return window.licenseClient.node;").await;
+    let (dead, survivor) = if node == a.node_id { (a, b) } else { (b, a) };
+    assert_eq!(node, dead.node_id);
+    dead.kill();
+    (survivor.port, survivor.node_id.clone())
+}
+
 /// A gateway with acme's license, and a browser showing acme's page.
 async fn acme_page() -> (Gateway, Browser) {
     let gateway = Gateway::start(GatewayOptions::memory()).await;
@@ -252,15 +262,7 @@ async fn page_reconnects_and_resumes_when_its_node_is_killed() {
         "acme",
     )
     .await;
-    let node = browser.eval("return window.licenseClient.node;").await;
-    let (survivor_port, survivor_id) = if node == a.node_id {
-        a.kill();
-        (b.port, b.node_id.clone())
-    } else {
-        assert_eq!(node, b.node_id);
-        b.kill();
-        (a.port, a.node_id.clone())
-    };
+    let (survivor_port, survivor_id) = kill_the_pages_node(&browser, &mut a, &mut b).await;
     // Published through the surviving node while the page has no connection.
     let sent = publish(
         survivor_port,
@@ -344,15 +346,7 @@ async fn page_falls_back_to_sse_behind_a_proxy_without_websockets_and_resumes_af
         assert_eq!(browser.wait_for(&received(id), WAIT).await, 1);
     }
 
-    let node = browser.eval("return window.licenseClient.node;").await;
-    let (survivor_port, survivor_id) = if node == a.node_id {
-        a.kill();
-        (b.port, b.node_id.clone())
-    } else {
-        assert_eq!(node, b.node_id);
-        b.kill();
-        (a.port, a.node_id.clone())
-    };
+    let (survivor_port, survivor_id) = kill_the_pages_node(&browser, &mut a, &mut b).await;
     let sent = publish(
         survivor_port,
         "acme",

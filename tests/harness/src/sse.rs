@@ -258,18 +258,6 @@ impl SseClient {
         }
     }
 
-    /// Every message until `quiet` passes without one, as JSON.
-    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
-        let mut out = Vec::new();
-        while let Some(read) = self.read(quiet).await {
-            match read {
-                Read::Text(t) => out.push(serde_json::from_str(&t).expect("JSON message")),
-                other => panic!("expected messages, got {other:?}"),
-            }
-        }
-        out
-    }
-
     /// The next message as JSON; panics on anything else.
     pub async fn next_json(&mut self) -> Value {
         match self.read(WAIT).await {
