@@ -56,7 +56,7 @@ mod tests {
         let claims = TicketClaims {
             tenant: "acme".into(),
             user: Some("alice".into()),
-            expires_at: 1,
+            expires_at: crate::protocol::now_ms() / 1000 + 3600,
         };
         engine
             .issue_ticket(&digest(&ticket), &claims)
@@ -64,10 +64,18 @@ mod tests {
             .unwrap();
         assert_eq!(
             engine.redeem_ticket(&digest(&ticket)).await.unwrap(),
-            Some(claims)
+            Some(claims.clone())
         );
         assert_eq!(engine.redeem_ticket(&digest(&ticket)).await.unwrap(), None);
         assert_eq!(engine.redeem_ticket(&digest("never")).await.unwrap(), None);
         assert_ne!(digest(&ticket), ticket);
+
+        // A ticket does not outlive its token.
+        let spent = TicketClaims {
+            expires_at: 1,
+            ..claims
+        };
+        engine.issue_ticket(&digest("late"), &spent).await.unwrap();
+        assert_eq!(engine.redeem_ticket(&digest("late")).await.unwrap(), None);
     }
 }
