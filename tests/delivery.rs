@@ -308,7 +308,9 @@ async fn a_client_that_never_reads_is_closed_while_a_healthy_one_gets_10000_even
     transport: Transport,
 ) {
     let redis = Redis::start();
-    let node = Gateway::start(GatewayOptions::redis(&redis)).await;
+    // A long ping interval: the write stalled on the silent client must not be given up before
+    // the publishing ends and the client reads, however slowly a loaded machine publishes.
+    let node = Gateway::start(GatewayOptions::redis(&redis).env("PING_INTERVAL_SECS", "60")).await;
     let token = tenant_token("acme");
     let target = Target::new();
     let healthy = tokio::spawn(follow_over(

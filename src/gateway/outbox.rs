@@ -129,6 +129,11 @@ impl Outbox {
         }
     }
 
+    /// The close the session was asked for, if any (queued events stay).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().close
+    }
+
     /// Resolves when something was pushed or a close was requested since the last call.
     pub async fn notified(&self) {
         self.notify.notified().await

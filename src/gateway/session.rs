@@ -256,7 +256,12 @@ impl<W: Transport> Session<'_, W> {
                             Next::Event(Some(id), _) if self.last_sent.is_some_and(|last| id <= last) => {}
                             Next::Event(id, payload) => {
                                 if !self.send(Frame::Message(id, payload)).await {
-                                    return None;
+                                    // A write given up (stalled a whole ping interval) while
+                                    // the queue overflowed is a slow consumer, not a client
+                                    // that left. The stalled write is waited for rather than
+                                    // abandoned at the overflow: a client that reads again
+                                    // within the interval still gets the 1013 close frame.
+                                    return outbox.close_reason();
                                 }
                                 if id.is_some() {
                                     self.last_sent = id;
