@@ -315,7 +315,9 @@ impl RedisCluster {
         };
         let proxy = proxy_port.map(|proxy| SilencingProxy::start_on(proxy, ports[0]));
         for port in ports {
-            cluster.spawn(port);
+            if !cluster.spawn(port) {
+                return None;
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
         let all_running = cluster
@@ -345,8 +347,9 @@ impl RedisCluster {
         Some((cluster, proxy))
     }
 
-    /// Starts the node on `port` and keeps its process (so drop kills it), then waits for it.
-    fn spawn(&mut self, port: u16) {
+    /// Starts the node on `port` and keeps its process (so drop kills it), then waits for it;
+    /// false when it exited instead (its port or bus port was taken meanwhile).
+    fn spawn(&mut self, port: u16) -> bool {
         let dir = self.dir.0.join(port.to_string());
         std::fs::create_dir_all(&dir).expect("node dir");
         let child = Command::new("redis-server")
@@ -370,12 +373,23 @@ impl RedisCluster {
         self.nodes.push((port, Some(child)));
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = self
+                .nodes
+                .iter_mut()
+                .find(|(p, _)| *p == port)
+                .and_then(|(_, c)| c.as_mut())
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited {
+                eprintln!("cluster node {port} exited at start; retrying on other ports");
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "cluster node {port} did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// `redis-cli -p PORT ARGS…`, its stdout.
