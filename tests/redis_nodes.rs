@@ -85,6 +85,43 @@ async fn events_cross_nodes_byte_identical_to_history() {
     );
 }
 
+/// `connected` promises that anything published after it reaches the client, so the node's
+/// subscription must already be applied in Redis when it is sent, not merely written (fred
+/// resolves a `SUBSCRIBE` on write). CI caught the difference once in the test below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_means_the_subscription_is_applied_in_redis() {
+    let redis = Redis::start();
+    let node = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let r = redis.client().await;
+    // Busy threads beside the node: the race shows under contention (on an idle machine the
+    // SUBSCRIBE usually lands first; with these, 2–13 of 100 did not before the fix).
+    let spinning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let spinning = spinning.clone();
+            std::thread::spawn(move || {
+                while spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut late = 0;
+    for i in 0..100 {
+        let tenant = format!("fresh-{i}");
+        let (client, _) = WsClient::connected(&node.ws_url(), &tenant_token(&tenant)).await;
+        if numsub(&r, &tenant).await != 1 {
+            late += 1;
+        }
+        client.close().await;
+    }
+    spinning.store(false, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    assert_eq!(late, 0, "connected before the subscription was applied");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_follows_local_connections() {
     let redis = Redis::start();

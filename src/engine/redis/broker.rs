@@ -55,10 +55,11 @@ impl Broker for RedisEngine {
         // Wanted first: a reconnect racing this call restores it too.
         self.state.want(tenant, true);
         let channel = events_channel(tenant);
+        // Sharded subscriptions are answered in band; the others are confirmed by a round trip.
         let subscribed = if self.cluster {
             subscriber.ssubscribe(channel).await
         } else {
-            subscriber.subscribe(channel).await
+            super::subscriber::subscribe_applied(subscriber, vec![channel]).await
         };
         subscribed.map_err(|error| {
             self.state.want(tenant, false);

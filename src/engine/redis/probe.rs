@@ -206,7 +206,7 @@ async fn follow_channels(
         let subscribed = if cluster {
             sub.ssubscribe(new.as_str()).await
         } else {
-            sub.subscribe(new.as_str()).await
+            super::subscriber::subscribe_applied(sub, vec![new.clone()]).await
         };
         if let Err(error) = subscribed {
             tracing::debug!(%error, "probe subscribe failed");

@@ -199,6 +199,20 @@ pub async fn keep_subscriptions(
     }
 }
 
+/// Subscribes to `channels` (not sharded) and returns once Redis has applied it. fred resolves
+/// a `SUBSCRIBE` as soon as it is written (its answer arrives out of band), so a caller that
+/// then reads the history or tells a client it is connected could do so before the
+/// subscription exists, and an event published in between would reach neither. A `PING` on the
+/// same connection is answered only after the `SUBSCRIBE` before it was applied.
+pub async fn subscribe_applied(
+    sub: &SubscriberClient,
+    channels: Vec<String>,
+) -> Result<(), fred::error::Error> {
+    sub.subscribe(channels).await?;
+    let _: fred::types::Value = sub.ping(None).await?;
+    Ok(())
+}
+
 /// Subscribes every wanted tenant channel again; returns how many. Sharded channels go one per
 /// call: a call may only name channels of one slot (CROSSSLOT), and fred routes each to the
 /// master that owns its slot now.
@@ -214,7 +228,7 @@ async fn restore(
             sub.ssubscribe(channel.as_str()).await?;
         }
     } else if !channels.is_empty() {
-        sub.subscribe(channels.clone()).await?;
+        subscribe_applied(sub, channels.clone()).await?;
     }
     Ok(channels.len())
 }
