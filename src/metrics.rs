@@ -32,11 +32,73 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         match builder.and_then(|b| b.install_recorder()) {
             Ok(handle) => {
                 let _ = HANDLE.set(handle);
+                preregister();
             }
             Err(error) => tracing::warn!(%error, "metrics recorder not installed"),
         }
     }
     HANDLE.get()
+}
+
+/// Registers, at zero, the series dashboards and alerts query, so they exist from the first
+/// scrape: `increase()` over a series that appears with its first increment misses that
+/// increment, and a panel over a series that never appeared shows "no data" instead of 0.
+fn preregister() {
+    for name in [
+        "license_gateway_connect_tickets_total",
+        "license_gateway_deliveries_total",
+        "license_gateway_dropped_payloads_total",
+        "license_gateway_events_filtered_total",
+        "license_gateway_events_received_total",
+        "license_gateway_notification_states_sent_total",
+        "license_gateway_pubsub_lagged_messages_total",
+        "license_gateway_redis_probe_failures_total",
+        "license_gateway_redis_reconnects_total",
+        "license_gateway_worker_passes_total",
+        "license_gateway_worker_pass_failures_total",
+        "license_gateway_worker_tenant_failures_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    gauge!("license_gateway_tenants_subscribed").increment(0.0);
+    for transport in ["websocket", "sse"] {
+        counter!("license_gateway_connects_total", "transport" => transport).absolute(0);
+        gauge!("license_gateway_connections", "transport" => transport).increment(0.0);
+        let slow = CloseReason::SlowConsumer;
+        counter!("license_gateway_closes_total", "code" => slow.code().to_string(),
+                 "reason" => slow.label(), "transport" => transport)
+        .absolute(0);
+    }
+    for outcome in ["filled", "resync"] {
+        counter!("license_gateway_gap_fills_total", "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["replayed", "resync"] {
+        counter!("license_gateway_history_replays_total", "outcome" => outcome).absolute(0);
+    }
+    for channel in ["webhook", "email"] {
+        for outcome in ["delivered", "failed"] {
+            counter!("license_gateway_outbound_deliveries_total", "channel" => channel,
+                     "outcome" => outcome)
+            .absolute(0);
+        }
+    }
+}
+
+/// The node's readiness as `/readyz` reports it, and whether its engine (Redis connection and
+/// subscriptions) is in place; set when `/metrics` is scraped.
+pub fn readiness(ready: bool, engine_ready: bool) {
+    gauge!("license_gateway_ready").set(if ready { 1.0 } else { 0.0 });
+    gauge!("license_gateway_engine_ready").set(if engine_ready { 1.0 } else { 0.0 });
+}
+
+/// A validator pass failed as a whole (the engine could not list the tenants).
+pub fn worker_pass_failed() {
+    counter!("license_gateway_worker_pass_failures_total").increment(1);
+}
+
+/// Tenants whose check failed within a pass.
+pub fn worker_tenants_failed(n: u64) {
+    counter!("license_gateway_worker_tenant_failures_total").increment(n);
 }
 
 /// The Prometheus text exposition of every metric.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command (README): installs what the tests need when it is missing (redis-server,
-# redis-sentinel, nginx, openssl, Chromium and its WebDriver, docker-compose and
+# redis-sentinel, nginx, openssl, Chromium and its WebDriver, promtool, docker-compose and
 # kubernetes-validate for offline validation, cargo-fuzz), then runs every test and every fuzz
 # target for a bounded time. The browser tests fail, not skip, when Chromium cannot run. Tests
 # start their own redis-server processes on free loopback ports; nothing needs to be running
@@ -16,6 +16,10 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# promtool: checks and unit-tests the alert rules.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# npm: TypeScript (tsc) type-checks the browser client's declarations and the README example.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -38,6 +42,12 @@ fi
 if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
   echo "installing: aiosmtpd"
   python3 -m pip install -q aiosmtpd
+fi
+
+# tsc and React's types for tests/typescript.rs, in target/ (pinned majors).
+if [ ! -x target/ts-check/node_modules/.bin/tsc ]; then
+  echo "installing: typescript, @types/react (npm)"
+  npm install --silent --no-audit --no-fund --prefix target/ts-check typescript@5 @types/react@18 >/dev/null
 fi
 
 cargo test --all-targets "$@"

@@ -42,7 +42,9 @@ where
     Arc<AdminKeys>: FromRef<S>,
     Arc<webhooks::DeliveryApi>: FromRef<S>,
 {
-    probe_routes()
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::node_metrics))
         .route("/readyz", get(health::readyz))
         .route(
             "/api/admin/tenants/{tenant}/events",

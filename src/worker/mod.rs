@@ -268,6 +268,7 @@ impl Validator {
         }
         summary.tenants = tenants.len();
         crate::metrics::worker_pass(started.elapsed().as_secs_f64());
+        crate::metrics::worker_tenants_failed(summary.failed as u64);
         tracing::info!(
             tenants = summary.tenants,
             events = summary.events,
@@ -297,6 +298,7 @@ impl Validator {
         loop {
             if tokio::time::Instant::now() >= next_pass {
                 if let Err(error) = self.pass().await {
+                    crate::metrics::worker_pass_failed();
                     tracing::warn!(%error, "validator pass failed; retrying at the next tick");
                 }
                 next_pass = tokio::time::Instant::now() + interval;
