@@ -50,6 +50,42 @@ async fn open_page(browser: &Browser, base: &str, tenant: &str) {
         .await;
 }
 
+/// Redis, two nodes behind an nginx, acme's license, and a browser.
+struct TwoNodes {
+    /// Bound by the callers: a `..` pattern would drop (stop) it at once.
+    redis: Redis,
+    a: Gateway,
+    b: Gateway,
+    nginx: Nginx,
+    browser: Browser,
+}
+
+/// Starts [`TwoNodes`] behind an nginx that passes WebSocket upgrades, or (as some proxies do)
+/// does not.
+async fn two_nodes_behind(websockets: bool) -> TwoNodes {
+    let redis = Redis::start();
+    let a = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let b = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let nginx = if websockets {
+        Nginx::start(&[a.port, b.port]).await
+    } else {
+        Nginx::start_without_websockets(&[a.port, b.port]).await
+    };
+    put(
+        a.port,
+        "/api/admin/tenants/acme/license",
+        &acme_license(true),
+    )
+    .await;
+    TwoNodes {
+        redis,
+        a,
+        b,
+        nginx,
+        browser: Browser::start().await,
+    }
+}
+
 /// SIGKILLs whichever of `a` and `b` the page's client is connected to; returns the other's
 /// port and node id.
 async fn kill_the_pages_node(browser: &Browser, a: &mut Gateway, b: &mut Gateway) -> (u16, String) {
@@ -245,17 +281,13 @@ async fn two_tabs_of_a_tenant_get_the_event_and_another_tenant_does_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_reconnects_and_resumes_when_its_node_is_killed() {
-    let redis = Redis::start();
-    let mut a = Gateway::start(GatewayOptions::redis(&redis)).await;
-    let mut b = Gateway::start(GatewayOptions::redis(&redis)).await;
-    let nginx = Nginx::start(&[a.port, b.port]).await;
-    put(
-        a.port,
-        "/api/admin/tenants/acme/license",
-        &acme_license(true),
-    )
-    .await;
-    let browser = Browser::start().await;
+    let TwoNodes {
+        mut a,
+        mut b,
+        nginx,
+        browser,
+        redis: _redis,
+    } = two_nodes_behind(true).await;
     open_page(
         &browser,
         &format!("http://127.0.0.1:{}", nginx.port),
@@ -294,17 +326,13 @@ async fn page_reconnects_and_resumes_when_its_node_is_killed() {
 /// node when the one it uses is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_falls_back_to_sse_behind_a_proxy_without_websockets_and_resumes_after_a_kill() {
-    let redis = Redis::start();
-    let mut a = Gateway::start(GatewayOptions::redis(&redis)).await;
-    let mut b = Gateway::start(GatewayOptions::redis(&redis)).await;
-    let nginx = Nginx::start_without_websockets(&[a.port, b.port]).await;
-    put(
-        a.port,
-        "/api/admin/tenants/acme/license",
-        &acme_license(true),
-    )
-    .await;
-    let browser = Browser::start().await;
+    let TwoNodes {
+        mut a,
+        mut b,
+        nginx,
+        browser,
+        redis: _redis,
+    } = two_nodes_behind(false).await;
     let loaded = Instant::now();
     browser
         .goto(&format!(

@@ -130,26 +130,11 @@ async fn every_metric_the_dashboard_and_alerts_query_is_in_a_live_metrics() {
     bad.expect_close(1008, "invalid token").await;
     let license = json!({"tenantId": "acme", "plan": "pro", "expiresAt": rfc3339_in(30 * 86_400),
                          "limits": {"users": 100}});
-    let (status, body) = http(
-        node.port,
-        "PUT",
-        "/api/admin/tenants/acme/license",
-        Some(&admin_key()),
-        Some(&license.to_string()),
-    )
-    .await
-    .unwrap();
+    let path = "/api/admin/tenants/acme/license";
+    let (status, body) = admin_json(node.port, "PUT", path, Some(license)).await;
     assert!(status == 200 || status == 201, "{body}");
-    let usage = json!({"users": 120}).to_string();
-    let (status, body) = http(
-        node.port,
-        "PUT",
-        "/api/admin/tenants/acme/usage",
-        Some(&admin_key()),
-        Some(&usage),
-    )
-    .await
-    .unwrap();
+    let usage = Some(json!({"users": 120}));
+    let (status, body) = admin_json(node.port, "PUT", "/api/admin/tenants/acme/usage", usage).await;
     assert_eq!(status, 200, "{body}");
     let sent = publish(
         node.port,
