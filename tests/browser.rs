@@ -437,25 +437,33 @@ async fn demo_page_screenshot() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_refreshes_its_token_in_band_before_it_expires() {
+/// The demo page, plus a second client `window.c2` (with `options` added) whose first token
+/// expires in 8 s and whose `getToken` then hands out a fresh one (`window.calls` counts the
+/// calls); returns once it is open.
+async fn second_client_with_an_expiring_token(options: &str) -> (Gateway, Browser) {
     let gateway = Gateway::start(GatewayOptions::memory().env("JWT_LEEWAY_SECS", "0")).await;
     let browser = Browser::start().await;
     open_page(&browser, &gateway.http_url(""), "acme").await;
     let short = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 8}));
     let fresh = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 3600}));
-    // A second client on the page: its first token expires in 8 s; getToken then hands out a
-    // fresh one, which it must send in-band (refreshBefore 4 s → at about 5 s).
     browser
         .eval(&format!(
             "window.tokens = ['{short}', '{fresh}']; window.calls = 0; \
-             import('/client.js').then((m) => {{ window.c2 = m.connect({{ fetchLicense: false, refreshBefore: 4000, \
-               getToken: () => window.tokens[Math.min(window.calls++, 1)] }}); }});"
+             import('/client.js').then((m) => {{ window.c2 = m.connect({{ {options}fetchLicense: false, \
+               refreshBefore: 4000, getToken: () => window.tokens[Math.min(window.calls++, 1)] }}); }});"
         ))
         .await;
     browser
         .wait_for("window.c2 && window.c2.state === 'open'", WAIT)
         .await;
+    (gateway, browser)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refreshes_its_token_in_band_before_it_expires() {
+    // Its first token expires in 8 s; getToken then hands out a fresh one, which it must send
+    // in-band (refreshBefore 4 s → at about 5 s).
+    let (gateway, browser) = second_client_with_an_expiring_token("").await;
     let connection = browser.eval("return window.c2.connectionId;").await;
     // Past the first token's expiry: the same connection, never closed, token fetched twice.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -490,21 +498,7 @@ async fn client_refreshes_its_token_in_band_before_it_expires() {
 /// with a fresh token and ticket, resuming after the last event, so nothing is lost or repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_reopens_its_stream_with_a_fresh_token_before_it_expires() {
-    let gateway = Gateway::start(GatewayOptions::memory().env("JWT_LEEWAY_SECS", "0")).await;
-    let browser = Browser::start().await;
-    open_page(&browser, &gateway.http_url(""), "acme").await;
-    let short = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 8}));
-    let fresh = sign_claims(&json!({"tenantId": "acme", "exp": now_secs() + 3600}));
-    browser
-        .eval(&format!(
-            "window.tokens = ['{short}', '{fresh}']; window.calls = 0; \
-             import('/client.js').then((m) => {{ window.c2 = m.connect({{ transport: 'sse', fetchLicense: false, \
-               refreshBefore: 4000, getToken: () => window.tokens[Math.min(window.calls++, 1)] }}); }});"
-        ))
-        .await;
-    browser
-        .wait_for("window.c2 && window.c2.state === 'open'", WAIT)
-        .await;
+    let (gateway, browser) = second_client_with_an_expiring_token("transport: 'sse', ").await;
     assert_eq!(browser.eval("return window.c2.transport;").await, "sse");
     let first = browser.eval("return window.c2.connectionId;").await;
     let mut ids = Vec::new();
