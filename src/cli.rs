@@ -32,4 +32,6 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Load generator for one node: idle connections or fan-out, measured (BENCHMARKS.md).
     Loadtest(crate::loadtest::LoadtestArgs),
+    /// Print the OpenAPI 3.1 document (what a node serves at /openapi.json) and exit.
+    Openapi,
 }

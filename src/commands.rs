@@ -500,3 +500,8 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> Result<(), CommandError> {
         Err(e) => Err(CommandError::Incomplete(format!("healthz: {e}"))),
     }
 }
+
+/// `openapi`: the document a node serves at `/openapi.json`, for generating clients offline.
+pub fn openapi() -> String {
+    crate::api::openapi::Rendered::text(&crate::app::openapi_document())
+}

@@ -59,6 +59,10 @@ fn main() -> ExitCode {
             Command::Publish(args) => commands::publish(&args).await.map(|id| println!("{id}")),
             Command::Worker(args) => commands::worker(&args).await,
             Command::Healthcheck(args) => commands::healthcheck(&args).await,
+            Command::Openapi => {
+                println!("{}", commands::openapi());
+                Ok(())
+            }
             Command::Loadtest(args) => {
                 let local = tokio::task::LocalSet::new();
                 local
@@ -90,6 +94,7 @@ fn service_identity(command: &Command) -> ServiceIdentity {
         Command::Worker(_) => "worker",
         Command::Healthcheck(_) => "healthcheck",
         Command::Loadtest(_) => "loadtest",
+        Command::Openapi => "openapi",
     };
     let instance_id = match command {
         Command::Serve(args) => args

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README): installs what the tests need when it is missing (redis-server,
 # redis-sentinel, nginx, openssl, Chromium and its WebDriver, promtool, docker-compose and
-# kubernetes-validate for offline validation, cargo-fuzz), then runs every test and every fuzz
-# target for a bounded time. The browser tests fail, not skip, when Chromium cannot run. Tests
+# kubernetes-validate for offline validation, schemathesis and openapi-python-client, cargo-fuzz),
+# then runs every test and every fuzz target for a bounded time. The browser tests fail, not skip, when Chromium cannot run. Tests
 # start their own redis-server processes on free loopback ports; nothing needs to be running
 # beforehand.
 set -euo pipefail
@@ -48,6 +48,14 @@ fi
 if [ ! -x target/ts-check/node_modules/.bin/tsc ]; then
   echo "installing: typescript, @types/react (npm)"
   npm install --silent --no-audit --no-fund --prefix target/ts-check typescript@5 @types/react@18 >/dev/null
+fi
+
+# schemathesis (property-based API tests) and openapi-python-client (a client generated from
+# /openapi.json) for tests/openapi.rs, in a virtualenv of their own under target/ (pinned majors).
+if [ ! -x target/py-api/bin/schemathesis ] || [ ! -x target/py-api/bin/openapi-python-client ]; then
+  echo "installing: schemathesis, openapi-python-client (PyPI, into target/py-api)"
+  python3 -m venv target/py-api
+  target/py-api/bin/pip install -q "schemathesis>=4,<5" "openapi-python-client>=0.29,<0.30"
 fi
 
 cargo test --all-targets "$@"

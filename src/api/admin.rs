@@ -9,10 +9,14 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
+use super::openapi::{
+    Conflict, EventEnvelope, Invalid, NotAdmin, TooLarge, Unauthenticated, Unavailable,
+};
 use crate::auth::{AdminAuth, valid_tenant_id};
 use crate::engine::{Applied, Control, EngineError, IdempotencyKey, NodeStats, Published};
 use crate::gateway::Node;
@@ -26,6 +30,20 @@ struct PublishBody {
     event_type: Option<String>,
     #[serde(default)]
     data: Option<Value>,
+}
+
+/// The `{tenant}` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// The tenant id: 1–128 visible ASCII characters without braces.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[!-z|~]+$",
+        example = "acme"
+    )]
+    pub tenant: String,
 }
 
 /// Checks a tenant id taken from a path.
@@ -68,11 +86,49 @@ pub fn parse_publish(tenant: &str, body: &[u8]) -> Result<EventDraft, ApiError> 
     Ok(EventDraft::new(tenant, event_type, data))
 }
 
-/// `POST /api/admin/tenants/{tenant}/events`: publish one event; 201 with the full envelope.
+/// What `POST …/events` accepts (parsed by hand, so errors can name the field).
+#[derive(Serialize, ToSchema)]
+#[schema(
+    as = PublishRequest,
+    example = json!({"type": "usage_limit_warning",
+                     "data": {"metric": "users", "used": 85, "limit": 100, "percent": 85.0}})
+)]
+pub struct PublishSchema {
+    /// The event type; its severity follows from it.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// Type-specific fields; `null` or absent for none.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Map<String, Value>>,
+}
+
+/// Publish one event to every connection of the tenant, on every node.
+///
+/// With an `Idempotency-Key`, a retry with the same key and body answers the first publish
+/// (200, `Idempotent-Replayed: true`) instead of publishing again.
+#[utoipa::path(
+    post,
+    path = "/api/admin/tenants/{tenant}/events",
+    tag = "admin",
+    operation_id = "publishEvent",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(
+        TenantPath,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128, pattern = r"^[ -~]+$",
+         description = "Makes the publish safe to retry: 1–128 printable ASCII characters, kept `IDEMPOTENCY_TTL_SECS`."),
+    ),
+    request_body = PublishSchema,
+    responses(
+        (status = 201, description = "Published: the full envelope.", body = EventEnvelope),
+        (status = 200, description = "A retry of an earlier publish with this key: its envelope.",
+         body = EventEnvelope, headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        Invalid, Unauthenticated, NotAdmin, TooLarge, Conflict, Unavailable,
+    )
+)]
 pub async fn publish_event(
     State(node): State<Arc<Node>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -145,20 +201,44 @@ fn envelope_response(status: StatusCode, published: &Published, replayed: bool) 
     response
 }
 
-/// Body of `POST /api/admin/tenants/{tenant}/disconnect`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/admin/tenants/{tenant}/disconnect` (optional).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DisconnectBody {
+#[schema(as = DisconnectRequest)]
+pub struct DisconnectBody {
+    /// Only this user's connections; absent for all of the tenant's.
     #[serde(rename = "userId", default)]
+    #[schema(min_length = 1, max_length = 256)]
     user_id: Option<String>,
 }
 
-/// `POST /api/admin/tenants/{tenant}/disconnect`: closes the tenant's connections (or one
-/// user's) on every node with 1008 `revoked`; 202, since the nodes act on their own.
+/// The answer to a request the nodes carry out on their own.
+#[derive(Serialize, ToSchema)]
+pub struct Requested {
+    /// Always true.
+    pub requested: bool,
+}
+
+/// Close the tenant's connections (or one user's) on every node, with 1008 `revoked`.
+///
+/// Answers 202: each node acts on its own as the request reaches it.
+#[utoipa::path(
+    post,
+    path = "/api/admin/tenants/{tenant}/disconnect",
+    tag = "admin",
+    operation_id = "disconnectTenant",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(TenantPath),
+    request_body(content = Option<DisconnectBody>, description = "Optional: `{}` or no body for every connection."),
+    responses(
+        (status = 202, description = "Requested on every node.", body = Requested),
+        Invalid, Unauthenticated, NotAdmin, TooLarge, Unavailable,
+    )
+)]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     tenant_from_path(&tenant)?;
@@ -172,7 +252,7 @@ pub async fn disconnect(
     if body
         .user_id
         .as_deref()
-        .is_some_and(|u| u.is_empty() || u.len() > 256)
+        .is_some_and(|u| u.is_empty() || u.chars().count() > 256)
     {
         return Err(ApiError::field(
             "invalid_user",
@@ -185,18 +265,27 @@ pub async fn disconnect(
     };
     node.broker.publish_control(&tenant, &control).await?;
     tracing::info!(%tenant, user = body.user_id.as_deref(), "disconnect requested");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"requested": true})),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(Requested { requested: true })).into_response())
 }
 
-/// `GET /api/admin/stats`: connections and tenants across all live nodes.
+/// Connections and tenants across all live nodes (the seed's `getStats`, cluster-wide).
+///
+/// A node that died drops out within 30 s.
+#[utoipa::path(
+    get,
+    path = "/api/admin/stats",
+    tag = "admin",
+    operation_id = "clusterStats",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    responses(
+        (status = 200, description = "Live figures.", body = ClusterStats),
+        Unauthenticated, NotAdmin, Unavailable,
+    )
+)]
 pub async fn stats(
     State(node): State<Arc<Node>>,
     _admin: AdminAuth,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClusterStats>, ApiError> {
     let mut nodes = node.registry.nodes().await?;
     // This node's own entry is always live, not as of its last refresh.
     nodes.retain(|n| n.id != node.settings.node_id);
@@ -206,8 +295,38 @@ pub async fn stats(
     Ok(Json(cluster_stats(nodes)))
 }
 
+/// `GET /api/admin/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStats {
+    /// Tenants with at least one connection.
+    pub total_tenants: usize,
+    /// Connections on all nodes.
+    pub total_connections: usize,
+    /// Connections per tenant (tenants with at least one).
+    pub tenant_connections: BTreeMap<String, usize>,
+    /// Every live node, by id.
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// One node in [`ClusterStats`].
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEntry {
+    /// `NODE_ID`.
+    pub id: String,
+    /// Its connections.
+    pub connections: usize,
+    /// Tenants it serves.
+    pub tenants: usize,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Its last heartbeat (RFC 3339).
+    pub last_seen: String,
+}
+
 /// Live stats across `nodes`, in the seed's `getStats` shape plus the node list.
-fn cluster_stats(mut nodes: Vec<NodeStats>) -> Value {
+fn cluster_stats(mut nodes: Vec<NodeStats>) -> ClusterStats {
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let mut tenant_connections: BTreeMap<String, usize> = BTreeMap::new();
     for node in &nodes {
@@ -217,18 +336,21 @@ fn cluster_stats(mut nodes: Vec<NodeStats>) -> Value {
     }
     tenant_connections.retain(|_, n| *n > 0);
     let total: usize = nodes.iter().map(|n| n.connections).sum();
-    serde_json::json!({
-        "totalTenants": tenant_connections.len(),
-        "totalConnections": total,
-        "tenantConnections": tenant_connections,
-        "nodes": nodes.iter().map(|n| serde_json::json!({
-            "id": n.id,
-            "connections": n.connections,
-            "tenants": n.tenants,
-            "startedAt": n.started_at,
-            "lastSeen": n.last_seen,
-        })).collect::<Vec<_>>(),
-    })
+    ClusterStats {
+        total_tenants: tenant_connections.len(),
+        total_connections: total,
+        tenant_connections,
+        nodes: nodes
+            .into_iter()
+            .map(|n| NodeEntry {
+                id: n.id,
+                connections: n.connections,
+                tenants: n.tenants,
+                started_at: n.started_at,
+                last_seen: n.last_seen,
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -256,10 +378,10 @@ mod tests {
             node("b", &[("acme", 2), ("idle", 0)]),
             node("a", &[("acme", 1), ("globex", 3)]),
         ]);
-        assert_eq!(stats["totalConnections"], 6);
-        assert_eq!(stats["totalTenants"], 2);
-        assert_eq!(stats["tenantConnections"]["acme"], 3);
-        assert!(stats["tenantConnections"].get("idle").is_none());
-        assert_eq!(stats["nodes"][0]["id"], "a");
+        assert_eq!(stats.total_connections, 6);
+        assert_eq!(stats.total_tenants, 2);
+        assert_eq!(stats.tenant_connections["acme"], 3);
+        assert!(!stats.tenant_connections.contains_key("idle"));
+        assert_eq!(stats.nodes[0].id, "a");
     }
 }

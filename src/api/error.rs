@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use super::openapi::{ApiErrorBody, ApiErrorDetail};
 use crate::auth::ApiAuthError;
 use crate::engine::EngineError;
 
@@ -155,10 +155,13 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let mut error = json!({ "code": code, "message": message });
-        if let Some(field) = field {
-            error["field"] = field.into();
-        }
-        (status, Json(json!({ "error": error }))).into_response()
+        let body = ApiErrorBody {
+            error: ApiErrorDetail {
+                code: code.to_owned(),
+                message,
+                field,
+            },
+        };
+        (status, Json(body)).into_response()
     }
 }

@@ -1,5 +1,5 @@
-//! HTTP routes besides the WebSocket: health, readiness, the license view, the notification
-//! center and the admin API.
+//! HTTP routes besides the streams: health, readiness, the license view, the notification
+//! center, the admin API and the OpenAPI document of them all.
 //! Generic over the router state: each handler extracts only the part it uses.
 
 pub mod admin;
@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod license;
 pub mod notifications;
+pub mod openapi;
 pub mod tickets;
 pub mod webhooks;
 
@@ -14,7 +15,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::routing::{get, post, put};
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{AdminKeys, Verifier};
 use crate::gateway::Node;
@@ -32,8 +35,9 @@ pub fn probe_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 /// The API routes, for any router state that can hand out what they use: the node (readiness,
-/// stats, publish), the validator (license changes), the verifier and the admin keys.
-pub fn routes<S>() -> Router<S>
+/// stats, publish), the validator (license changes), the verifier and the admin keys. Each is
+/// registered from its `#[utoipa::path]`, which also puts it in the OpenAPI document.
+pub fn routes<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Node>: FromRef<S>,
@@ -42,66 +46,36 @@ where
     Arc<AdminKeys>: FromRef<S>,
     Arc<webhooks::DeliveryApi>: FromRef<S>,
 {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/metrics", get(health::node_metrics))
-        .route("/readyz", get(health::readyz))
-        .route(
-            "/api/admin/tenants/{tenant}/events",
-            post(admin::publish_event),
-        )
-        .route("/api/admin/stats", get(admin::stats))
-        .route(
-            "/api/admin/tenants/{tenant}/disconnect",
-            post(admin::disconnect),
-        )
-        .route("/api/license", get(license::get_license))
-        .route("/api/connect-ticket", post(tickets::connect_ticket))
-        .route(
-            "/api/admin/tenants/{tenant}/license",
-            put(license::put_license).delete(license::delete_license),
-        )
-        .route("/api/admin/tenants/{tenant}/usage", put(license::put_usage))
-        .route("/api/notifications", get(notifications::list))
-        .route("/api/notifications/read-all", post(notifications::read_all))
-        .route(
-            "/api/notifications/preferences",
-            get(notifications::get_preferences).put(notifications::put_preferences),
-        )
-        .route("/api/notifications/{id}/read", post(notifications::read))
-        .route(
-            "/api/notifications/{id}/unread",
-            post(notifications::unread),
-        )
-        .route(
-            "/api/admin/tenants/{tenant}/notifications/stats",
-            get(notifications::stats),
-        )
-        .route(
-            "/api/admin/tenants/{tenant}/webhooks",
-            get(webhooks::list_webhooks),
-        )
-        .route(
-            "/api/admin/tenants/{tenant}/email",
-            put(webhooks::put_email)
-                .get(webhooks::get_email)
-                .delete(webhooks::delete_email),
-        )
-        .route(
-            "/api/admin/tenants/{tenant}/email/deliveries",
-            get(webhooks::email_deliveries),
-        )
-        .route(
-            "/api/admin/tenants/{tenant}/webhooks/{name}",
-            put(webhooks::put_webhook).delete(webhooks::delete_webhook),
-        )
-        .route(
-            "/api/admin/tenants/{tenant}/webhooks/{name}/deliveries",
-            get(webhooks::deliveries),
-        )
-        .route(
-            "/api/admin/tenants/{tenant}/webhooks/{name}/deliveries/{event}/redeliver",
-            post(webhooks::redeliver),
-        )
+    OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::node_metrics))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(admin::publish_event))
+        .routes(routes!(admin::stats))
+        .routes(routes!(admin::disconnect))
+        .routes(routes!(license::get_license))
+        .routes(routes!(tickets::connect_ticket))
+        .routes(routes!(license::put_license, license::delete_license))
+        .routes(routes!(license::put_usage))
+        .routes(routes!(notifications::list))
+        .routes(routes!(notifications::read_all))
+        .routes(routes!(
+            notifications::get_preferences,
+            notifications::put_preferences
+        ))
+        .routes(routes!(notifications::read))
+        .routes(routes!(notifications::unread))
+        .routes(routes!(notifications::stats))
+        .routes(routes!(webhooks::list_webhooks))
+        .routes(routes!(
+            webhooks::put_email,
+            webhooks::get_email,
+            webhooks::delete_email
+        ))
+        .routes(routes!(webhooks::email_deliveries))
+        .routes(routes!(webhooks::put_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -10,17 +10,21 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-use super::admin::tenant_from_path;
+use super::admin::{TenantPath, tenant_from_path};
 use super::error::{ApiError, bounded_param};
+use super::openapi::{
+    Invalid, NoUser, NotAdmin, NotFound, Notification, TooLarge, Unauthenticated, Unavailable,
+};
 use crate::auth::{AdminAuth, UserAuth};
 use crate::gateway::Node;
 use crate::metrics;
 use crate::notifications::stats::{MAX_DAYS, day_of};
 use crate::notifications::{EventFilter, Preferences, ReadChange, ReadState};
-use crate::protocol::{EventId, EventType, now_ms};
+use crate::protocol::{EventId, EventType, Severity, now_ms};
 
 /// Most items one list request returns.
 const MAX_LIMIT: usize = 200;
@@ -31,14 +35,79 @@ const SCAN_BATCH: usize = 500;
 const MAX_SCAN: usize = 5_000;
 
 /// `GET /api/notifications` query parameters, read as text so errors can name them.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Most items in the page: 1–200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
+    /// Only notifications older than this id (`nextBefore` of the previous page).
+    #[param(pattern = r"^[0-9]{1,19}-[0-9]{1,19}$")]
     before: Option<String>,
+    /// Only unread ones.
+    #[param(value_type = Option<bool>)]
     unread: Option<String>,
+    /// Only these types, comma-separated.
     types: Option<String>,
+    /// Only this severity and above.
+    #[param(value_type = Option<Severity>)]
     min_severity: Option<String>,
+}
+
+/// A page of the user's notifications.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationPage {
+    /// Newest first.
+    pub items: Vec<Notification>,
+    /// The user's unread notifications in all (not only this page).
+    pub unread_count: u64,
+    /// Where the next page starts (`?before=`), or `null` at the end.
+    pub next_before: Option<String>,
+}
+
+/// The user's unread count after a change.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreadCount {
+    /// Unread notifications left.
+    pub unread_count: u64,
+}
+
+/// `POST /api/notifications/read-all` body (optional).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ReadAllRequest)]
+pub struct ReadAllSchema {
+    /// Only up to this id (inclusive); absent or `null` for everything.
+    pub up_to: Option<String>,
+}
+
+/// `PUT /api/notifications/preferences` body: absent fields take their defaults (a PUT
+/// replaces the whole object).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = PreferencesRequest)]
+pub struct PreferencesSchema {
+    /// Types not delivered (errors always are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub muted_types: Option<Vec<EventType>>,
+    /// Events below it are not delivered (default `info`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub min_severity: Option<Severity>,
+    /// Events naming a module are delivered only for these (up to 50); `null` for every one.
+    pub modules: Option<Vec<String>>,
+}
+
+/// The `{id}` of a notification.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct NotificationPath {
+    /// Its event id; a malformed one is as unknown as another tenant's (404).
+    pub id: String,
 }
 
 fn not_found() -> ApiError {
@@ -53,7 +122,22 @@ fn notification_id(text: &str) -> Result<EventId, ApiError> {
     text.parse().map_err(|_| not_found())
 }
 
-/// `GET /api/notifications`: newest first, with the user's read flags.
+/// The user's notifications, newest first, with their read flags.
+///
+/// A filtered page looks at 5,000 notifications at most; it may then be shorter than `limit`,
+/// and `nextBefore` says where to continue.
+#[utoipa::path(
+    get,
+    path = "/api/notifications",
+    tag = "tenant",
+    operation_id = "listNotifications",
+    security(("tenantToken" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page.", body = NotificationPage),
+        Invalid, Unauthenticated, NoUser, Unavailable,
+    )
+)]
 pub async fn list(
     State(node): State<Arc<Node>>,
     auth: UserAuth,
@@ -131,7 +215,11 @@ fn with_read_flag(envelope: &str, read: bool) -> String {
     format!("{body},\"read\":{read}}}")
 }
 
-async fn change(node: &Node, auth: &UserAuth, change: ReadChange) -> Result<Json<Value>, ApiError> {
+async fn change(
+    node: &Node,
+    auth: &UserAuth,
+    change: ReadChange,
+) -> Result<Json<UnreadCount>, ApiError> {
     let state: ReadState = node
         .notifications
         .change_read_state(&auth.tenant, &auth.user, change)
@@ -142,33 +230,71 @@ async fn change(node: &Node, auth: &UserAuth, change: ReadChange) -> Result<Json
         ReadChange::Unread(_) => "unread",
         ReadChange::ReadAll(_) => "read_all",
     });
-    Ok(Json(json!({ "unreadCount": state.unread })))
+    Ok(Json(UnreadCount {
+        unread_count: state.unread,
+    }))
 }
 
-/// `POST /api/notifications/{id}/read`.
+/// Mark one notification read, on every tab of the user.
+#[utoipa::path(
+    post,
+    path = "/api/notifications/{id}/read",
+    tag = "tenant",
+    operation_id = "markRead",
+    security(("tenantToken" = [])),
+    params(NotificationPath),
+    responses(
+        (status = 200, description = "Marked.", body = UnreadCount),
+        Unauthenticated, NoUser, NotFound, Unavailable,
+    )
+)]
 pub async fn read(
     State(node): State<Arc<Node>>,
     auth: UserAuth,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(NotificationPath { id }): Path<NotificationPath>,
+) -> Result<Json<UnreadCount>, ApiError> {
     change(&node, &auth, ReadChange::Read(notification_id(&id)?)).await
 }
 
-/// `POST /api/notifications/{id}/unread`.
+/// Mark one notification unread again.
+#[utoipa::path(
+    post,
+    path = "/api/notifications/{id}/unread",
+    tag = "tenant",
+    operation_id = "markUnread",
+    security(("tenantToken" = [])),
+    params(NotificationPath),
+    responses(
+        (status = 200, description = "Marked.", body = UnreadCount),
+        Unauthenticated, NoUser, NotFound, Unavailable,
+    )
+)]
 pub async fn unread(
     State(node): State<Arc<Node>>,
     auth: UserAuth,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(NotificationPath { id }): Path<NotificationPath>,
+) -> Result<Json<UnreadCount>, ApiError> {
     change(&node, &auth, ReadChange::Unread(notification_id(&id)?)).await
 }
 
-/// `POST /api/notifications/read-all`: body `{}` or `{"upTo": "<id>"}` (or none).
+/// Mark every notification read, or every one up to an id.
+#[utoipa::path(
+    post,
+    path = "/api/notifications/read-all",
+    tag = "tenant",
+    operation_id = "markAllRead",
+    security(("tenantToken" = [])),
+    request_body(content = Option<ReadAllSchema>, description = "Optional: `{}` or no body for everything."),
+    responses(
+        (status = 200, description = "Marked.", body = UnreadCount),
+        Invalid, Unauthenticated, NoUser, NotFound, TooLarge, Unavailable,
+    )
+)]
 pub async fn read_all(
     State(node): State<Arc<Node>>,
     auth: UserAuth,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UnreadCount>, ApiError> {
     let body = body.map_err(ApiError::from_body)?;
     let up_to = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -196,7 +322,18 @@ pub async fn read_all(
     change(&node, &auth, ReadChange::ReadAll(up_to)).await
 }
 
-/// `GET /api/notifications/preferences`.
+/// The user's delivery preferences.
+#[utoipa::path(
+    get,
+    path = "/api/notifications/preferences",
+    tag = "tenant",
+    operation_id = "getPreferences",
+    security(("tenantToken" = [])),
+    responses(
+        (status = 200, description = "The preferences (the defaults if never set).", body = Preferences),
+        Unauthenticated, NoUser, Unavailable,
+    )
+)]
 pub async fn get_preferences(
     State(node): State<Arc<Node>>,
     auth: UserAuth,
@@ -213,7 +350,19 @@ pub async fn get_preferences(
     ))
 }
 
-/// `PUT /api/notifications/preferences`: replaces the user's preferences, live on every node.
+/// Replace the user's delivery preferences, live on every node.
+#[utoipa::path(
+    put,
+    path = "/api/notifications/preferences",
+    tag = "tenant",
+    operation_id = "putPreferences",
+    security(("tenantToken" = [])),
+    request_body = PreferencesSchema,
+    responses(
+        (status = 200, description = "Stored.", body = Preferences),
+        Invalid, Unauthenticated, NoUser, TooLarge, Unavailable,
+    )
+)]
 pub async fn put_preferences(
     State(node): State<Arc<Node>>,
     auth: UserAuth,
@@ -230,18 +379,59 @@ pub async fn put_preferences(
 }
 
 /// `GET /api/admin/tenants/{tenant}/notifications/stats` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatsQuery {
+    /// The window, in days up to today: 1–366 (default 30).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 366)]
     days: Option<String>,
 }
 
-/// `GET /api/admin/tenants/{tenant}/notifications/stats?days=30`: per event type.
+/// A tenant's notification figures over a window.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStats {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The window in days.
+    pub days: u32,
+    /// Every event type's figures.
+    pub types: BTreeMap<&'static str, TypeFigures>,
+}
+
+/// One type's figures in [`NotificationStats`].
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeFigures {
+    /// Notifications published.
+    pub published: u64,
+    /// Connections they reached.
+    pub delivered: u64,
+    /// Distinct users who read at least one (approximate on Redis).
+    pub read_by: u64,
+    /// Median seconds from publish to an explicit read, over the sampled reads.
+    pub median_seconds_to_read: Option<f64>,
+}
+
+/// Per event type: published, delivered, read by how many users, how fast.
+#[utoipa::path(
+    get,
+    path = "/api/admin/tenants/{tenant}/notifications/stats",
+    tag = "admin",
+    operation_id = "notificationStats",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(TenantPath, StatsQuery),
+    responses(
+        (status = 200, description = "The figures.", body = NotificationStats),
+        Invalid, Unauthenticated, NotAdmin, Unavailable,
+    )
+)]
 pub async fn stats(
     State(node): State<Arc<Node>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     query: Result<Query<StatsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationStats>, ApiError> {
     tenant_from_path(&tenant)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let days = bounded_param("days", query.days.as_deref(), 30, MAX_DAYS as usize)? as u32;
@@ -255,17 +445,19 @@ pub async fn stats(
         let s = figures.iter().find(|s| s.event_type == t);
         types.insert(
             t.as_str(),
-            json!({
-                "published": s.map_or(0, |s| s.published),
-                "delivered": s.map_or(0, |s| s.delivered),
-                "readBy": s.map_or(0, |s| s.read_by),
-                "medianSecondsToRead": s.and_then(|s| s.median_seconds_to_read),
-            }),
+            TypeFigures {
+                published: s.map_or(0, |s| s.published),
+                delivered: s.map_or(0, |s| s.delivered),
+                read_by: s.map_or(0, |s| s.read_by),
+                median_seconds_to_read: s.and_then(|s| s.median_seconds_to_read),
+            },
         );
     }
-    Ok(Json(
-        json!({ "tenantId": tenant, "days": days, "types": types }),
-    ))
+    Ok(Json(NotificationStats {
+        tenant_id: tenant,
+        days,
+        types,
+    }))
 }
 
 #[cfg(test)]

@@ -8,17 +8,18 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::admin::tenant_from_path;
+use super::admin::{TenantPath, tenant_from_path};
 use super::error::{ApiError, bounded_param};
+use super::openapi::{Invalid, NotAdmin, NotFound, TooLarge, Unauthenticated, Unavailable};
 use crate::auth::AdminAuth;
-use crate::delivery::endpoint::{EMAIL_ENDPOINT, EmailSettings, Webhook, valid_name};
+use crate::delivery::endpoint::{EMAIL_ENDPOINT, EmailSettings, Webhook, WebhookView, valid_name};
 use crate::delivery::ssrf;
 use crate::engine::DeliveryStore;
-use crate::engine::deliveries::LOG_LEN;
-use crate::protocol::EventId;
+use crate::engine::deliveries::{Attempt, LOG_LEN};
+use crate::protocol::{EventId, EventType, Severity};
 
 /// What the webhook routes use: the engine's delivery store and `WEBHOOK_ALLOW_PRIVATE`.
 pub struct DeliveryApi {
@@ -26,6 +27,112 @@ pub struct DeliveryApi {
     pub store: Arc<dyn DeliveryStore>,
     /// Internal addresses and `http://` allowed.
     pub allow_private: bool,
+}
+
+/// The `{tenant}` and `{name}` of an endpoint.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct EndpointPath {
+    /// The tenant id: 1–128 visible ASCII characters without braces.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[!-z|~]+$",
+        example = "acme"
+    )]
+    pub tenant: String,
+    /// The endpoint's name: 1–64 letters, digits, `_`, `-`, `.`.
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9_.-]+$",
+        example = "ops"
+    )]
+    pub name: String,
+}
+
+/// `PUT …/webhooks/{name}` body (parsed by hand, so errors can name the field).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = WebhookRequest, example = json!({
+    "url": "https://hooks.example.com/license",
+    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "types": ["license_expired", "usage_limit_exceeded"], "minSeverity": "warning"
+}))]
+pub struct WebhookSchema {
+    /// `https://` on a public address (`http://` and internal ones only with
+    /// `WEBHOOK_ALLOW_PRIVATE`); 1–2048 characters.
+    #[schema(min_length = 1, max_length = 2048, format = "uri")]
+    pub url: String,
+    /// A `whsec_` secret (Standard Webhooks), or a list of 1–3 for rotation: each signs.
+    pub secret: SecretSchema,
+    /// Only these types (`null` or absent: every type).
+    pub types: Option<Vec<EventType>>,
+    /// This severity and above (default `info`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub min_severity: Option<Severity>,
+    /// Default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub enabled: Option<bool>,
+}
+
+/// One signing secret, or several during a rotation.
+// Described, not built: `Webhook::parse` reads the body by hand to name the field at fault.
+#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = WebhookSecret)]
+pub enum SecretSchema {
+    /// `whsec_` and base64 of 24–64 bytes.
+    One(String),
+    /// 1–3 of them.
+    Several(Vec<String>),
+}
+
+/// `PUT …/email` body.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = EmailRequest, example = json!({"recipients": ["ops@acme.example"], "minSeverity": "error"}))]
+pub struct EmailSchema {
+    /// 1–20 addresses.
+    #[schema(min_items = 1, max_items = 20)]
+    pub recipients: Vec<String>,
+    /// This severity and above (default `error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub min_severity: Option<Severity>,
+}
+
+/// A tenant's endpoints.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookList {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its endpoints, by name.
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// An endpoint's delivery log.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryLog {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The endpoint (absent for email).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Attempts, newest first.
+    pub deliveries: Vec<Attempt>,
+}
+
+/// The answer to a redelivery request.
+#[derive(Serialize, ToSchema)]
+pub struct Queued {
+    /// Always true.
+    pub queued: bool,
 }
 
 fn endpoint_name(name: &str) -> Result<(), ApiError> {
@@ -47,13 +154,27 @@ fn unknown_endpoint() -> ApiError {
     }
 }
 
-/// `PUT /api/admin/tenants/{tenant}/webhooks/{name}`: 201 created, 200 replaced.
+/// Register (or replace) a webhook endpoint of the tenant.
+#[utoipa::path(
+    put,
+    path = "/api/admin/tenants/{tenant}/webhooks/{name}",
+    tag = "admin",
+    operation_id = "putWebhook",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(EndpointPath),
+    request_body = WebhookSchema,
+    responses(
+        (status = 201, description = "Created.", body = WebhookView),
+        (status = 200, description = "Replaced.", body = WebhookView),
+        Invalid, Unauthenticated, NotAdmin, TooLarge, Unavailable,
+    )
+)]
 pub async fn put_webhook(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path((tenant, name)): Path<(String, String)>,
+    Path(EndpointPath { tenant, name }): Path<EndpointPath>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     tenant_from_path(&tenant)?;
     endpoint_name(&name)?;
     let body = body.map_err(ApiError::from_body)?;
@@ -71,23 +192,50 @@ pub async fn put_webhook(
     Ok((status, Json(webhook.redacted(&name))))
 }
 
-/// `GET /api/admin/tenants/{tenant}/webhooks`: secrets are counted, never shown.
+/// The tenant's webhook endpoints: secrets are counted, never shown.
+#[utoipa::path(
+    get,
+    path = "/api/admin/tenants/{tenant}/webhooks",
+    tag = "admin",
+    operation_id = "listWebhooks",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The endpoints.", body = WebhookList),
+        Invalid, Unauthenticated, NotAdmin, Unavailable,
+    )
+)]
 pub async fn list_webhooks(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Path(TenantPath { tenant }): Path<TenantPath>,
+) -> Result<Json<WebhookList>, ApiError> {
     tenant_from_path(&tenant)?;
     let hooks = api.store.webhooks(&tenant).await?;
-    let shown: Vec<Value> = hooks.iter().map(|(name, w)| w.redacted(name)).collect();
-    Ok(Json(json!({ "tenantId": tenant, "webhooks": shown })))
+    let webhooks = hooks.iter().map(|(name, w)| w.redacted(name)).collect();
+    Ok(Json(WebhookList {
+        tenant_id: tenant,
+        webhooks,
+    }))
 }
 
-/// `DELETE /api/admin/tenants/{tenant}/webhooks/{name}`: 204, or 404.
+/// Remove a webhook endpoint.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/tenants/{tenant}/webhooks/{name}",
+    tag = "admin",
+    operation_id = "deleteWebhook",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(EndpointPath),
+    responses(
+        (status = 204, description = "Removed."),
+        Invalid, Unauthenticated, NotAdmin, NotFound, Unavailable,
+    )
+)]
 pub async fn delete_webhook(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path((tenant, name)): Path<(String, String)>,
+    Path(EndpointPath { tenant, name }): Path<EndpointPath>,
 ) -> Result<StatusCode, ApiError> {
     tenant_from_path(&tenant)?;
     endpoint_name(&name)?;
@@ -99,18 +247,33 @@ pub async fn delete_webhook(
 }
 
 /// `…/deliveries` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// Most attempts to show: 1–1000 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
-/// `GET /api/admin/tenants/{tenant}/webhooks/{name}/deliveries?limit=50`: newest first.
+/// The endpoint's delivery log, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/admin/tenants/{tenant}/webhooks/{name}/deliveries",
+    tag = "admin",
+    operation_id = "webhookDeliveries",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(EndpointPath, LogQuery),
+    responses(
+        (status = 200, description = "The log.", body = DeliveryLog),
+        Invalid, Unauthenticated, NotAdmin, NotFound, Unavailable,
+    )
+)]
 pub async fn deliveries(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path((tenant, name)): Path<(String, String)>,
+    Path(EndpointPath { tenant, name }): Path<EndpointPath>,
     query: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryLog>, ApiError> {
     tenant_from_path(&tenant)?;
     endpoint_name(&name)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -125,17 +288,49 @@ pub async fn deliveries(
         return Err(unknown_endpoint());
     }
     let log = api.store.attempts(&tenant, &name, limit).await?;
-    Ok(Json(
-        json!({ "tenantId": tenant, "endpoint": name, "deliveries": log }),
-    ))
+    Ok(Json(DeliveryLog {
+        tenant_id: tenant,
+        endpoint: Some(name),
+        deliveries: log,
+    }))
 }
 
-/// `POST …/webhooks/{name}/deliveries/{eventId}/redeliver`: 202, queued once more.
+/// The `{tenant}`, `{name}` and `{event}` of a redelivery.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RedeliverPath {
+    /// The tenant id.
+    #[param(min_length = 1, max_length = 128, pattern = r"^[!-z|~]+$")]
+    pub tenant: String,
+    /// The endpoint's name.
+    #[param(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.-]+$")]
+    pub name: String,
+    /// The event's id, still in the tenant's history.
+    pub event: String,
+}
+
+/// Queue one event to the endpoint once more (its attempt log shows the outcome).
+#[utoipa::path(
+    post,
+    path = "/api/admin/tenants/{tenant}/webhooks/{name}/deliveries/{event}/redeliver",
+    tag = "admin",
+    operation_id = "redeliver",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(RedeliverPath),
+    responses(
+        (status = 202, description = "Queued.", body = Queued),
+        Invalid, Unauthenticated, NotAdmin, NotFound, Unavailable,
+    )
+)]
 pub async fn redeliver(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path((tenant, name, event)): Path<(String, String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Path(RedeliverPath {
+        tenant,
+        name,
+        event,
+    }): Path<RedeliverPath>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
     tenant_from_path(&tenant)?;
     endpoint_name(&name)?;
     let not_found = || ApiError::NotFound {
@@ -144,18 +339,31 @@ pub async fn redeliver(
     };
     let event: EventId = event.parse().map_err(|_| not_found())?;
     if api.store.redeliver(&tenant, &name, event).await? {
-        Ok((StatusCode::ACCEPTED, Json(json!({ "queued": true }))))
+        Ok((StatusCode::ACCEPTED, Json(Queued { queued: true })))
     } else {
         Err(not_found())
     }
 }
 
-/// `PUT /api/admin/tenants/{tenant}/email`: `{"recipients":[…],"minSeverity":"error"}`; 201
-/// created, 200 replaced.
+/// Set the tenant's email settings: who gets which events.
+#[utoipa::path(
+    put,
+    path = "/api/admin/tenants/{tenant}/email",
+    tag = "admin",
+    operation_id = "putEmail",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(TenantPath),
+    request_body = EmailSchema,
+    responses(
+        (status = 201, description = "Created.", body = EmailSettings),
+        (status = 200, description = "Replaced.", body = EmailSettings),
+        Invalid, Unauthenticated, NotAdmin, TooLarge, Unavailable,
+    )
+)]
 pub async fn put_email(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<EmailSettings>), ApiError> {
     tenant_from_path(&tenant)?;
@@ -178,11 +386,23 @@ fn no_email() -> ApiError {
     }
 }
 
-/// `GET /api/admin/tenants/{tenant}/email`.
+/// The tenant's email settings.
+#[utoipa::path(
+    get,
+    path = "/api/admin/tenants/{tenant}/email",
+    tag = "admin",
+    operation_id = "getEmail",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The settings.", body = EmailSettings),
+        Invalid, Unauthenticated, NotAdmin, NotFound, Unavailable,
+    )
+)]
 pub async fn get_email(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
 ) -> Result<Json<EmailSettings>, ApiError> {
     tenant_from_path(&tenant)?;
     api.store
@@ -192,11 +412,23 @@ pub async fn get_email(
         .ok_or_else(no_email)
 }
 
-/// `DELETE /api/admin/tenants/{tenant}/email`: 204, or 404.
+/// Remove the tenant's email settings.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/tenants/{tenant}/email",
+    tag = "admin",
+    operation_id = "deleteEmail",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(TenantPath),
+    responses(
+        (status = 204, description = "Removed."),
+        Invalid, Unauthenticated, NotAdmin, NotFound, Unavailable,
+    )
+)]
 pub async fn delete_email(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
 ) -> Result<StatusCode, ApiError> {
     tenant_from_path(&tenant)?;
     if api.store.put_email(&tenant, None).await? {
@@ -206,14 +438,25 @@ pub async fn delete_email(
     }
 }
 
-/// `GET /api/admin/tenants/{tenant}/email/deliveries?limit=50`: messages and digests, newest
-/// first.
+/// The tenant's email log (messages and digests), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/admin/tenants/{tenant}/email/deliveries",
+    tag = "admin",
+    operation_id = "emailDeliveries",
+    security(("adminKey" = []), ("adminApiKey" = [])),
+    params(TenantPath, LogQuery),
+    responses(
+        (status = 200, description = "The log.", body = DeliveryLog),
+        Invalid, Unauthenticated, NotAdmin, NotFound, Unavailable,
+    )
+)]
 pub async fn email_deliveries(
     State(api): State<Arc<DeliveryApi>>,
     _admin: AdminAuth,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     query: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryLog>, ApiError> {
     tenant_from_path(&tenant)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = bounded_param("limit", query.limit.as_deref(), 50, LOG_LEN)?;
@@ -221,5 +464,9 @@ pub async fn email_deliveries(
         return Err(no_email());
     }
     let log = api.store.attempts(&tenant, EMAIL_ENDPOINT, limit).await?;
-    Ok(Json(json!({ "tenantId": tenant, "deliveries": log })))
+    Ok(Json(DeliveryLog {
+        tenant_id: tenant,
+        endpoint: None,
+        deliveries: log,
+    }))
 }

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::api::webhooks::DeliveryApi;
 use crate::auth::{AdminKeys, Verifier};
@@ -113,12 +114,27 @@ impl FromRef<AppState> for Arc<Verifier> {
     }
 }
 
-/// Every HTTP route of a node: the WebSocket, the API, the page and the client.
-pub fn app(state: AppState) -> Router {
-    Router::new()
+/// The documented routes of a node (the streams and the API) and their OpenAPI document.
+fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    OpenApiRouter::with_openapi(crate::api::openapi::ApiDoc::openapi())
         .merge(crate::gateway::upgrade::routes())
         .merge(crate::gateway::sse::routes())
         .merge(crate::api::routes())
+        .split_for_parts()
+}
+
+/// The OpenAPI document of every documented route, as `/openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented().1
+}
+
+/// Every HTTP route of a node: the streams, the API and its document, the page and the client.
+pub fn app(state: AppState) -> Router {
+    let (routes, document) = documented();
+    let rendered = crate::api::openapi::Rendered::new(&document);
+    routes
+        .layer(axum::Extension(rendered))
         .merge(crate::web::routes())
         .with_state(state)
 }

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::signing::Secret;
 pub use crate::notifications::preferences::{Invalid, invalid};
@@ -179,16 +180,34 @@ impl Webhook {
     }
 
     /// What the API shows: everything but the secrets, which are only counted.
-    pub fn redacted(&self, name: &str) -> Value {
-        json!({
-            "name": name,
-            "url": self.url,
-            "types": self.selection.types.as_ref().map(|t| t.iter().map(|t| t.as_str()).collect::<Vec<_>>()),
-            "minSeverity": severity_name(self.selection.min_severity),
-            "enabled": self.enabled,
-            "secrets": self.secrets.len(),
-        })
+    pub fn redacted(&self, name: &str) -> WebhookView {
+        WebhookView {
+            name: name.to_owned(),
+            url: self.url.clone(),
+            types: self.selection.types.clone(),
+            min_severity: self.selection.min_severity,
+            enabled: self.enabled,
+            secrets: self.secrets.len(),
+        }
     }
+}
+
+/// A webhook endpoint as the API shows it: its secrets counted, never shown.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookView {
+    /// The endpoint's name.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Only these types (`null`: every type).
+    pub types: Option<Vec<EventType>>,
+    /// This severity and above.
+    pub min_severity: Severity,
+    /// Disabled endpoints get nothing (a 410 answer disables one).
+    pub enabled: bool,
+    /// How many signing secrets it has.
+    pub secrets: usize,
 }
 
 /// Endpoint names: 1–64 letters, digits, `_`, `-`, `.`.
@@ -200,7 +219,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// A tenant's email settings (`PUT …/email`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmailSettings {
     /// Where messages go.
@@ -320,7 +339,7 @@ mod tests {
         assert!(hook.selection.wants(EventType::LicenseExpired));
         assert!(!hook.selection.wants(EventType::UsageLimitWarning));
         assert_eq!(Webhook::from_stored(&hook.to_stored()).unwrap(), hook);
-        let shown = hook.redacted("ops").to_string();
+        let shown = serde_json::to_string(&hook.redacted("ops")).unwrap();
         assert!(
             !shown.contains("whsec_") && shown.contains("\"secrets\":1"),
             "{shown}"

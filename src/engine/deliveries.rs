@@ -101,8 +101,9 @@ impl Outcome {
 }
 
 /// One attempt in an endpoint's delivery log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = DeliveryAttempt)]
 pub struct Attempt {
     /// The event.
     pub event_id: String,

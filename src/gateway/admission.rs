@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::Node;
 use super::node::ConnectionGuard;
@@ -35,18 +36,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
 }
 
 /// The query of a connect request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConnectQuery {
-    /// A token in the URL (the seed's form; WebSocket only).
+    /// A tenant token in the URL (the seed's form; WebSocket only; proxies log URLs, so prefer
+    /// the `bearer.<JWT>` subprotocol or a ticket).
     pub token: Option<String>,
-    /// A connection ticket (`POST /api/connect-ticket`), instead of a token.
+    /// A connection ticket (`POST /api/connect-ticket`), instead of a token: single use.
     pub ticket: Option<String>,
-    /// Resume position.
+    /// Resume after this event id: every retained later event is replayed first.
     #[serde(rename = "lastEventId")]
+    #[param(pattern = r"^[0-9]+-[0-9]+$")]
     pub last_event_id: Option<String>,
+    /// Only these event types, comma-separated.
     types: Option<String>,
+    /// Only this severity and above.
     #[serde(rename = "minSeverity")]
+    #[param(value_type = Option<crate::protocol::Severity>)]
     min_severity: Option<String>,
+    /// Only events naming these modules (and events naming none), comma-separated.
     modules: Option<String>,
 }
 

@@ -12,13 +12,13 @@ use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Node;
 use super::admission::{self, ConnectQuery, PeerAddr};
@@ -27,6 +27,7 @@ use super::takeover::Takeover;
 use super::transport::{Frame, Incoming, Transport, TransportKind};
 use crate::auth::bearer_token;
 use crate::metrics;
+use crate::protocol::api_error::{ApiErrorBody, ApiErrorDetail};
 use crate::protocol::{CloseReason, ServerMessage};
 
 /// The response head of an accepted stream. `Connection: close` and no length: the body ends
@@ -44,12 +45,12 @@ const HEARTBEAT: &[u8] = b": ping\n\n";
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The SSE route, for any router state that can hand out the node.
-pub fn routes<S>() -> Router<S>
+pub fn routes<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Node>: FromRef<S>,
 {
-    Router::new().route("/sse/license", get(sse_handler))
+    OpenApiRouter::new().routes(routes!(sse_handler))
 }
 
 /// The stream's headers on an answer that does not start one (HEAD).
@@ -69,9 +70,13 @@ fn stream_headers() -> [(header::HeaderName, HeaderValue); 3] {
 
 /// A refusal before the stream starts, in the API's error shape.
 fn refusal(status: StatusCode, reason: CloseReason) -> Response {
-    let body = serde_json::json!({
-        "error": { "code": reason.label(), "message": reason.text() }
-    });
+    let body = ApiErrorBody {
+        error: ApiErrorDetail {
+            code: reason.label().to_owned(),
+            message: reason.text().to_owned(),
+            field: None,
+        },
+    };
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
     if status == StatusCode::UNAUTHORIZED {
@@ -85,6 +90,34 @@ fn refusal(status: StatusCode, reason: CloseReason) -> Response {
     response
 }
 
+/// The live event stream over Server-Sent Events: the same session as the WebSocket.
+///
+/// Authenticate with `Authorization: Bearer <token>` or `?ticket=` (what `EventSource` can
+/// send; no `?token=`). Events carry `id:`; `Last-Event-ID` or `?lastEventId=` resumes. A
+/// server-side end is a last `{"type":"close","code","reason"}` message.
+#[utoipa::path(
+    get,
+    path = "/sse/license",
+    tag = "stream",
+    operation_id = "openEventStream",
+    params(
+        ConnectQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (sent by `EventSource` on its own)."),
+    ),
+    security((), ("tenantToken" = [])),
+    responses(
+        (status = 200, description = "The stream: `connected` first, then events.",
+         body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A filter that cannot be read.", body = String,
+         content_type = "text/plain"),
+        (status = 401, description = "No token or ticket, or a bad, expired or used one.",
+         body = ApiErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The page's origin is not in `ALLOWED_ORIGINS`.",
+         body = String, content_type = "text/plain"),
+        (status = 503, description = "At a connection limit, or the node drains: retry.",
+         body = ApiErrorBody, headers(("Retry-After" = String))),
+    )
+)]
 async fn sse_handler(
     State(node): State<Arc<Node>>,
     PeerAddr(peer): PeerAddr,

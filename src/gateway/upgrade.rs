@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Node;
 use super::admission::{self, ConnectQuery, PeerAddr};
@@ -20,12 +20,12 @@ use crate::auth::bearer_token;
 use crate::protocol::{BEARER_PREFIX, LAST_ID_PREFIX, SUBPROTOCOL};
 
 /// The WebSocket route, for any router state that can hand out the node.
-pub fn routes<S>() -> Router<S>
+pub fn routes<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Node>: FromRef<S>,
 {
-    Router::new().route("/ws/license", get(ws_handler))
+    OpenApiRouter::new().routes(routes!(ws_handler))
 }
 
 /// The value of the first subprotocol entry with `prefix`.
@@ -48,6 +48,27 @@ fn presented_token<'a>(headers: &'a HeaderMap, query: &'a ConnectQuery) -> Optio
         .filter(|t| !t.is_empty())
 }
 
+/// The live event stream over WebSocket (docs/PROTOCOL.md).
+///
+/// The token goes in the `bearer.<JWT>` subprotocol (browsers), `Authorization: Bearer`, or
+/// `?token=`; or a ticket in `?ticket=`. A bad token, a refusal at a limit and every later end
+/// are close codes after the upgrade (4001 unauthorized, 1013 try again later, …), not statuses.
+#[utoipa::path(
+    get,
+    path = "/ws/license",
+    tag = "stream",
+    operation_id = "openWebSocket",
+    params(ConnectQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket; `connected` is the first message."),
+        (status = 400, description = "Not a WebSocket upgrade, or a filter that cannot be read.",
+         body = String, content_type = "text/plain"),
+        (status = 403, description = "The page's origin is not in `ALLOWED_ORIGINS`.",
+         body = String, content_type = "text/plain"),
+        (status = 426, description = "The connection cannot be upgraded.", body = String,
+         content_type = "text/plain"),
+    )
+)]
 async fn ws_handler(
     State(node): State<Arc<Node>>,
     PeerAddr(peer): PeerAddr,

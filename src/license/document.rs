@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
 /// A validation failure: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,12 +29,14 @@ impl FieldError {
 }
 
 /// One module of a license.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = LicenseModule)]
 pub struct Module {
     /// Whether the tenant may use it.
     pub enabled: bool,
-    /// The module's own expiry, if any.
+    /// The module's own expiry, if any (RFC 3339).
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -43,20 +46,29 @@ pub struct Module {
 }
 
 /// A tenant's license document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({
+    "tenantId": "acme", "plan": "enterprise", "expiresAt": "2027-01-31T00:00:00Z",
+    "modules": {"analytics": {"enabled": true, "expiresAt": "2026-12-15T00:00:00Z"},
+                "payroll": {"enabled": false}},
+    "limits": {"users": 100, "storage_gb": 50}
+}))]
 pub struct License {
     /// The tenant (equal to the path's tenant).
     pub tenant_id: String,
-    /// Plan name.
+    /// Plan name: 1–128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     pub plan: String,
-    /// When the license expires.
+    /// When the license expires (RFC 3339, between 1970 and 9999).
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
-    /// Modules by name.
+    /// Modules by name (1–64 letters, digits, `_`, `-`, `.`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub modules: BTreeMap<String, Module>,
-    /// Limits by metric: non-negative numbers.
+    /// Limits by metric (names as for modules): non-negative numbers.
+    #[schema(value_type = BTreeMap<String, f64>)]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, Number>,
     /// The tenant's own notice thresholds, when it has any.
@@ -66,13 +78,16 @@ pub struct License {
 
 /// A tenant's own notice thresholds (`notifications` in its license document), each overriding
 /// the node's (`EXPIRY_WARNING_DAYS`, `USAGE_WARNING_PERCENT`) when given.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = LicenseThresholds)]
 pub struct Thresholds {
     /// Days before an expiry at which to warn: 1–10 values, each 1–365.
+    #[schema(min_items = 1, max_items = 10, value_type = Option<Vec<u32>>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry_warning_days: Option<Vec<u32>>,
     /// Percent of a limit at which usage warns: 1–100.
+    #[schema(minimum = 1, maximum = 100)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_warning_percent: Option<f64>,
 }
@@ -256,7 +271,7 @@ impl License {
             None => return Err(FieldError::new("tenantId", "required")),
         };
         let plan = match map.get("plan") {
-            Some(Value::String(p)) if !p.is_empty() && p.len() <= 128 => p.clone(),
+            Some(Value::String(p)) if !p.is_empty() && p.chars().count() <= 128 => p.clone(),
             Some(Value::String(_)) => {
                 return Err(FieldError::new("plan", "must be 1-128 characters"));
             }

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::filter::EventMeta;
 use crate::protocol::EventType;
@@ -15,7 +16,7 @@ pub const MAX_MODULES: usize = 50;
 pub const MAX_MODULE_LEN: usize = 64;
 
 /// What a user wants delivered. The default lets everything through.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Preferences {
     /// Types not delivered (unless of severity `error`).

@@ -1,6 +1,7 @@
 //! The wire contract (docs/PROTOCOL.md): client and server messages, close codes, event types and the
 //! event envelope. Everything a client can observe is defined here, once.
 
+pub mod api_error;
 pub mod channel;
 pub mod event;
 
@@ -9,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub use channel::check_channel_payload;
-pub use event::{EventDraft, EventId, EventType, UnknownEventType};
+pub use event::{EventDraft, EventId, EventType, Severity, UnknownEventType};
 
 /// Subprotocol the server answers when a client offers it (the browser carrier for tokens).
 pub const SUBPROTOCOL: &str = "license.v1";
