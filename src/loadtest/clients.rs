@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::sse::{SseConn, SseRead};
-use super::{CommonArgs, LoadtestError, TransportArg};
+use super::{CommonArgs, Dialect, LoadtestError, TransportArg};
 use crate::auth::Signer;
 use crate::protocol::EventId;
 
@@ -69,7 +69,7 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
                 async move {
                     let opening = async {
                         match common.transport {
-                            TransportArg::Websocket => open_one(url, common.target, source, token)
+                            TransportArg::Websocket => open_one(url, common, source, token)
                                 .await
                                 .map(|ws| Conn::Ws(Box::new(ws))),
                             TransportArg::Sse => {
@@ -112,13 +112,22 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
     Ok(opened)
 }
 
-/// One connection from `source`, token in the subprotocol list, until `connected`.
+/// One connection from `source`, token in the subprotocol list, until `connected`; for the
+/// seed design, token in the URL, until the upgrade.
 async fn open_one(
     url: &str,
-    target: SocketAddr,
+    common: &CommonArgs,
     source: Ipv4Addr,
     token: &str,
 ) -> Result<Ws, String> {
+    let target = common.target;
+    let seed = common.dialect == Dialect::Seed;
+    let url = if seed {
+        let join = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{join}token={token}")
+    } else {
+        url.to_owned()
+    };
     let protocols =
         HeaderValue::from_str(&format!("license.v1, bearer.{token}")).map_err(|e| e.to_string())?;
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
@@ -128,9 +137,11 @@ async fn open_one(
     let stream = socket.connect(target).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocols);
+    if !seed {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols);
+    }
     // Small buffers: the generator holds as many sockets as the server.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -140,6 +151,9 @@ async fn open_one(
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| e.to_string())?;
+    if seed {
+        return Ok(ws);
+    }
     match ws.next().await {
         Some(Ok(Message::Text(t))) if t.contains("\"type\":\"connected\"") => Ok(ws),
         Some(Ok(Message::Close(frame))) => Err(format!(

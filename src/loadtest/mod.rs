@@ -84,6 +84,10 @@ pub struct CommonArgs {
     /// The transport the clients use.
     #[arg(long, value_enum, default_value_t = TransportArg::Websocket)]
     pub transport: TransportArg,
+    /// What the server speaks: this gateway, or the seed design's server (token as `?token=`,
+    /// no `connected` message), for side-by-side benchmarks.
+    #[arg(long, value_enum, default_value_t = Dialect::Gateway)]
+    pub dialect: Dialect,
     /// The gateway's process id: its CPU and RSS are read from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -113,6 +117,16 @@ pub enum TransportArg {
     Websocket,
     /// `/sse/license` (token in `Authorization`).
     Sse,
+}
+
+/// `--dialect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dialect {
+    /// license-gateway: the token in the subprotocol; open once `connected` arrives.
+    Gateway,
+    /// The seed design (`bench/seed-node`): the token as `?token=`; open at the upgrade, since
+    /// that server sends nothing before the first event.
+    Seed,
 }
 
 /// How `fanout` publishes.
@@ -174,6 +188,12 @@ impl CommonArgs {
         if self.concurrency == 0 {
             return Err(ConfigError::new("--concurrency", "must be at least 1"));
         }
+        if self.dialect == Dialect::Seed && self.transport != TransportArg::Websocket {
+            return Err(ConfigError::new(
+                "--dialect",
+                "the seed design speaks WebSocket only",
+            ));
+        }
         Ok(())
     }
 
@@ -211,6 +231,7 @@ async fn connect_phase(
     common.check()?;
     let pid = common.server_pid;
     let before = procstat::of(pid);
+    let slab_before = procstat::kernel_slab_kib();
     let me_before = procstat::this_process();
     let opened = clients::open_all(common).await?;
     let after_connect = procstat::of(pid);
@@ -219,6 +240,7 @@ async fn connect_phase(
     // Let the server finish the last subscriptions and its allocator settle before reading RSS.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let settled = procstat::of(pid);
+    let slab_settled = procstat::kernel_slab_kib();
     let rss_per = match (before, settled) {
         (Some(b), Some(s)) => Some((s.rss_kib as f64 - b.rss_kib as f64) / connected as f64),
         _ => None,
@@ -237,6 +259,9 @@ async fn connect_phase(
         server_rss_before_kib: before.map(|s| s.rss_kib),
         server_rss_kib: settled.map(|s| s.rss_kib),
         server_rss_per_connection_kib: rss_per,
+        kernel_slab_per_connection_kib: slab_before
+            .zip(slab_settled)
+            .map(|(b, s)| (s as f64 - b as f64) / connected as f64),
         loadgen_connect_cpu_secs: procstat::cpu_between(me_before, me_after),
         loadgen_rss_kib: procstat::this_process().map(|s| s.rss_kib),
         dropped_connections: 0,

@@ -72,3 +72,26 @@ mod tests {
         assert!(of(None).is_none());
     }
 }
+
+/// The kernel's slab memory (`/proc/meminfo`, `Slab:`), in KiB: where sockets, their TCP
+/// state, files and epoll entries live. Machine-wide, so it counts both ends of a loopback
+/// connection.
+pub fn kernel_slab_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_slab(&text)
+}
+
+fn parse_slab(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("Slab:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slab_memory_is_read_from_meminfo() {
+        let text = "MemTotal: 24000000 kB\nSlab:             123456 kB\nSReclaimable: 1 kB\n";
+        assert_eq!(super::parse_slab(text), Some(123456));
+        assert_eq!(super::parse_slab("MemTotal: 1 kB"), None);
+    }
+}

@@ -105,6 +105,9 @@ pub struct Report {
     pub server_rss_kib: Option<u64>,
     /// `(rss − rss_before) / connected`, KiB.
     pub server_rss_per_connection_kib: Option<f64>,
+    /// The kernel's slab memory per connection, KiB, both ends counted (the load generator's
+    /// sockets are on the same machine): what users pay beside the RSS.
+    pub kernel_slab_per_connection_kib: Option<f64>,
     /// This process's CPU seconds while connecting.
     pub loadgen_connect_cpu_secs: Option<f64>,
     /// This process's RSS with every connection open, KiB.
@@ -154,6 +157,11 @@ impl Report {
                 .map_or("n/a".into(), |v| v.to_string()),
             opt(self.server_rss_per_connection_kib, 2),
             self.loadgen_rss_kib.map_or("n/a".into(), |v| v.to_string()),
+        );
+        let _ = writeln!(
+            out,
+            "  kernel       slab memory {} KiB per connection (both ends, machine-wide)",
+            opt(self.kernel_slab_per_connection_kib, 2),
         );
         if let Some(d) = &self.delivery {
             let _ = writeln!(
