@@ -50,6 +50,7 @@ fn preregister() {
         "license_gateway_dropped_payloads_total",
         "license_gateway_events_filtered_total",
         "license_gateway_events_received_total",
+        "license_gateway_history_reads_total",
         "license_gateway_notification_states_sent_total",
         "license_gateway_pubsub_lagged_messages_total",
         "license_gateway_redis_probe_failures_total",
@@ -184,6 +185,11 @@ pub fn redis_probe_failed() {
 /// A resume request was served from history (`replayed`) or answered `resync_required`.
 pub fn history_replay(outcome: &'static str) {
     counter!("license_gateway_history_replays_total", "outcome" => outcome).increment(1);
+}
+
+/// One read of a tenant's history from the engine (a page of a resume, a gap fill).
+pub fn history_read() {
+    counter!("license_gateway_history_reads_total").increment(1);
 }
 
 /// A delivery gap was filled from history (`filled`) or could not be (`resync`).

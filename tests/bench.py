@@ -83,6 +83,14 @@ SCENARIOS = {
         {},
         "fanout",
     ),
+    # A node holding 10,000 connections over 100 tenants is SIGKILLed 3 s into 100 events/s;
+    # every client resumes on one of two survivors after the last event it saw (#20).
+    "stampede-10k": (
+        ["stampede", "--connections", "10000", "--tenants", "100", "--sources", "8",
+         "--rate", "100", "--duration-secs", "10", "--kill-after-secs", "3", "--drain-secs", "20"],
+        {},
+        "stampede",
+    ),
     "tenant-10k": (
         ["fanout", "--connections", "10000", "--tenants", "1", "--sources", "8",
          "--rate", "5", "--duration-secs", "10", "--drain-secs", "5"],
@@ -208,9 +216,104 @@ def prepare_seed(source):
     return copy
 
 
+def redis_info(port, section):
+    """`INFO <section>` of the redis-server on `port`, as a dict of its `key:value` lines."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", section], capture_output=True,
+                         text=True, timeout=10).stdout
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def command_calls(port):
+    """Calls per command so far (`INFO commandstats`)."""
+    calls = {}
+    for key, value in redis_info(port, "commandstats").items():
+        if key.startswith("cmdstat_"):
+            fields = dict(f.split("=") for f in value.split(","))
+            calls[key[len("cmdstat_"):]] = int(fields["calls"])
+    return calls
+
+
+def start_gateway(binary, env, work, name):
+    port = free_port()
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    process = subprocess.Popen([binary, "serve"], env={**env, "PORT": str(port), "NODE_ID": name},
+                               stdout=subprocess.DEVNULL, stderr=log, preexec_fn=raise_fd_limit)
+    return process, port, log
+
+
+def metric_total(port, name):
+    """The sum of every sample of metric `name` on a gateway's /metrics."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    total = 0.0
+    for line in data.decode(errors="replace").splitlines():
+        if line.split("{")[0].split(" ")[0] == name:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def run_stampede(name, binary=BINARY):
+    """stampede-10k: three gateways on one Redis; the loadtest kills the first."""
+    args, gw_env, _ = SCENARIOS[name]
+    work = tempfile.mkdtemp(prefix="lgw-bench-")
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", work],
+        stdout=subprocess.DEVNULL, preexec_fn=raise_fd_limit)
+    env = {"PATH": os.environ.get("PATH", ""), "HOST": "127.0.0.1", "JWT_SECRET": SECRET,
+           "REDIS_URL": f"redis://127.0.0.1:{redis_port}", "LOG_FORMAT": "json", **gw_env}
+    nodes = [start_gateway(binary, env, work, n) for n in ("victim", "survivor-1", "survivor-2")]
+    try:
+        for _, port, _ in nodes:
+            wait_ready(port)
+        survivors = [a for _, port, _ in nodes[1:] for a in ("--survivor", f"127.0.0.1:{port}")]
+        before, cpu_before = command_calls(redis_port), cpu_secs(redis.pid)
+        out = subprocess.run(
+            [BINARY, "loadtest", *args, "--target", f"127.0.0.1:{nodes[0][1]}", *survivors,
+             "--victim-pid", str(nodes[0][0].pid), "--json"],
+            env={**env, "RUST_LOG": "error"}, capture_output=True, text=True, timeout=600,
+            preexec_fn=raise_fd_limit)
+        if out.returncode != 0:
+            raise RuntimeError(f"loadtest failed: {out.stderr.strip()}")
+        report = json.loads(out.stdout)
+        # The survivors' own count of history reads (one engine call each; the victim's died
+        # with it, and its clients resumed elsewhere).
+        history_reads = sum(metric_total(port, "license_gateway_history_reads_total")
+                            for _, port, _ in nodes[1:])
+        after = command_calls(redis_port)
+        delta = {c: after.get(c, 0) - before.get(c, 0) for c in after}
+        resumed = max(report["resume"]["resumed"], 1)
+        report["redis_cpu_secs"] = cpu_secs(redis.pid) - cpu_before
+        report["stampede"] = {
+            "history_reads": history_reads,
+            "history_reads_per_resumed_client": history_reads / resumed,
+            "history_reads_per_tenant_and_node": history_reads / (2 * report["tenants"]),
+            # Every call of the run, those inside scripts included: admission, the publishes.
+            "commands_per_resumed_client": sum(delta.values()) / resumed,
+            "redis_cpu_ms_per_resumed_client": report["redis_cpu_secs"] * 1000 / resumed,
+            "commands": {c: n for c, n in sorted(delta.items()) if n},
+        }
+        return report
+    finally:
+        for p, _, _ in nodes:
+            p.kill()
+        redis.terminate()
+        for p, _, log in nodes:
+            p.wait(timeout=15)
+            log.close()
+        redis.wait(timeout=15)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_once(name, binary=BINARY, seed=None):
     """One run of scenario `name` against a fresh gateway (`binary`), or against the seed
     design's server when `seed` is its prepared directory."""
+    if name.startswith("stampede"):
+        return run_stampede(name, binary)
     args, gw_env, _ = SCENARIOS[name]
     work = tempfile.mkdtemp(prefix="lgw-bench-")
     redis_port, port = free_port(), free_port()
@@ -345,6 +448,24 @@ FANOUT_ROWS = [
 ]
 
 
+STAMPEDE_ROWS = [
+    ("clients on the killed node", "connected", 0),
+    ("resumed on the survivors", "resume.resumed", 0),
+    ("resumed within 5 s of the kill, %", "resume.within_5s_percent", 1),
+    ("kill → connected on a survivor, p50, ms", "resume.latency_ms.p50", 0),
+    ("kill → connected, p99, ms", "resume.latency_ms.p99", 0),
+    ("kill → connected, max, ms", "resume.latency_ms.max", 0),
+    ("deliveries (before, across and after the resume)", "delivery.delivered", 0),
+    ("lost / duplicated / reordered", "loss_summary", 0),
+    ("history reads by the survivors (one script call each), per resumed client",
+     "stampede.history_reads_per_resumed_client", 2),
+    ("history reads per tenant and surviving node", "stampede.history_reads_per_tenant_and_node", 1),
+    ("Redis calls in the whole run ÷ resumed clients (admission, publishes, script internals)",
+     "stampede.commands_per_resumed_client", 2),
+    ("redis-server CPU per resumed client, ms (whole run)", "stampede.redis_cpu_ms_per_resumed_client", 3),
+]
+
+
 def derive(runs):
     for r in runs:
         if r.get("server_rss_kib"):
@@ -385,7 +506,8 @@ def table(name, runs):
     kind = SCENARIOS[name][2]
     derive(runs)
     lines = [f"| {name} ({len(runs)} runs) | median (min–max) |", "|---|---|"]
-    for label, path, digits in (IDLE_ROWS if kind == "idle" else FANOUT_ROWS):
+    rows = {"idle": IDLE_ROWS, "fanout": FANOUT_ROWS, "stampede": STAMPEDE_ROWS}[kind]
+    for label, path, digits in rows:
         if path == "loss_summary":
             totals = [sum(get(r, f"delivery.{k}") or 0 for r in runs)
                       for k in ("lost", "duplicates", "reordered")]

@@ -149,3 +149,67 @@ fn bad_sizes_exit_2() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--tenants"), "{stderr}");
 }
+
+/// `loadtest stampede`: the node holding every connection is SIGKILLed mid-run; each client
+/// resumes on a survivor after the last event it saw, and the counts still come out exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_resumes_every_client_on_the_survivors_without_loss() {
+    let redis = Redis::start();
+    let mut victim = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let survivors = [
+        Gateway::start(GatewayOptions::redis(&redis)).await,
+        Gateway::start(GatewayOptions::redis(&redis)).await,
+    ];
+    let target = format!("127.0.0.1:{}", victim.port);
+    let (a, b) = (
+        format!("127.0.0.1:{}", survivors[0].port),
+        format!("127.0.0.1:{}", survivors[1].port),
+    );
+    let pid = victim.pid().to_string();
+    let url = redis.url();
+    let r = loadtest(
+        &[
+            "stampede",
+            "--target",
+            &target,
+            "--survivor",
+            &a,
+            "--survivor",
+            &b,
+            "--victim-pid",
+            &pid,
+            "--kill-after-secs",
+            "1",
+            "--connections",
+            "200",
+            "--tenants",
+            "10",
+            "--events",
+            "300",
+            "--rate",
+            "100",
+            "--drain-secs",
+            "20",
+        ],
+        &[("REDIS_URL", &url)],
+    );
+    assert!(!victim.running(), "the victim was killed");
+    assert_eq!(r["connected"], 200);
+    let d = &r["delivery"];
+    assert_eq!(d["published"], 300);
+    // 30 events per tenant, each to that tenant's 20 connections: before, across and after
+    // the resume.
+    assert_eq!(d["expected"], 6000);
+    assert_eq!(d["delivered"], 6000, "{r}");
+    for zero in ["lost", "duplicates", "reordered", "foreign"] {
+        assert_eq!(d[zero], 0, "{zero}: {r}");
+    }
+    assert_eq!(r["resume"]["resumed"], 200, "{r}");
+    assert_eq!(r["dropped_connections"], 0, "{r}");
+    assert!(r["resume"]["latency_ms"]["max"].as_f64().unwrap() > 0.0);
+    // Both survivors took some of them.
+    for node in &survivors {
+        let served = metric(node.port, "license_gateway_connects_total").await;
+        assert!(served > 0.0, "node {} took none", node.port);
+    }
+}

@@ -69,9 +69,11 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
                 async move {
                     let opening = async {
                         match common.transport {
-                            TransportArg::Websocket => open_one(url, common, source, token)
-                                .await
-                                .map(|ws| Conn::Ws(Box::new(ws))),
+                            TransportArg::Websocket => {
+                                open_one(url, common.target, common.dialect, source, token)
+                                    .await
+                                    .map(|ws| Conn::Ws(Box::new(ws)))
+                            }
                             TransportArg::Sse => {
                                 SseConn::open(common.target, source, token, common.query.as_deref())
                                     .await
@@ -116,12 +118,12 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
 /// seed design, token in the URL, until the upgrade.
 async fn open_one(
     url: &str,
-    common: &CommonArgs,
+    target: SocketAddr,
+    dialect: Dialect,
     source: Ipv4Addr,
     token: &str,
 ) -> Result<Ws, String> {
-    let target = common.target;
-    let seed = common.dialect == Dialect::Seed;
+    let seed = dialect == Dialect::Seed;
     let url = if seed {
         let join = if url.contains('?') { '&' } else { '?' };
         format!("{url}{join}token={token}")
@@ -246,16 +248,117 @@ fn envelope_id(text: &[u8]) -> Option<EventId> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
-/// Starts one [`drive`] task per connection on the current `LocalSet`.
+/// Where a WebSocket client goes when its node dies (`loadtest stampede`): a surviving node,
+/// resuming after the last event it saw, as the browser client does.
+pub struct Resume {
+    /// The surviving nodes; connection `i` tries `survivors[i % len]` first.
+    pub survivors: Vec<SocketAddr>,
+    /// Query every connection adds (a filter), besides `lastEventId`.
+    pub query: Option<String>,
+    /// A token per tenant number.
+    pub tokens: Vec<String>,
+    /// Source addresses, as for the first connect.
+    pub sources: u8,
+    /// When the victim was killed (set by the publisher).
+    pub killed_at: Cell<Option<Instant>>,
+    /// Kill → `connected` on a survivor, µs.
+    pub latency: RefCell<Histogram<u64>>,
+    /// Clients that resumed.
+    pub resumed: Cell<u64>,
+    /// How long a client keeps trying.
+    pub within: Duration,
+}
+
+impl Resume {
+    /// A plan over `survivors`.
+    pub fn new(
+        survivors: Vec<SocketAddr>,
+        common: &CommonArgs,
+        within: Duration,
+    ) -> Result<Rc<Self>, LoadtestError> {
+        let signer = Signer::from_args(&common.auth)?;
+        let tokens = (0..common.tenants)
+            .map(|t| signer.mint(&common.tenant(t), None, 3600))
+            .collect();
+        let latency = Histogram::new_with_bounds(1, 600_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"));
+        Ok(Rc::new(Self {
+            survivors,
+            query: common.query.clone(),
+            tokens,
+            sources: common.sources,
+            killed_at: Cell::new(None),
+            latency: RefCell::new(latency),
+            resumed: Cell::new(0),
+            within,
+        }))
+    }
+
+    /// Connection `index` of `tenant` opens a stream on a survivor after `last`, retrying every
+    /// 100 ms (a survivor may refuse at a limit) until [`Resume::within`] is up.
+    async fn reopen(
+        &self,
+        index: usize,
+        tenant: usize,
+        last: Option<EventId>,
+    ) -> Result<Ws, String> {
+        let deadline = Instant::now() + self.within;
+        let mut attempt = 0;
+        loop {
+            let target = self.survivors[(index + attempt) % self.survivors.len()];
+            let mut query: Vec<String> = self.query.iter().cloned().collect();
+            if let Some(last) = last {
+                query.push(format!("lastEventId={last}"));
+            }
+            let url = if query.is_empty() {
+                format!("ws://{target}/ws/license")
+            } else {
+                format!("ws://{target}/ws/license?{}", query.join("&"))
+            };
+            let source = Ipv4Addr::new(127, 0, 0, 1 + (index % self.sources as usize) as u8);
+            let opening = open_one(&url, target, Dialect::Gateway, source, &self.tokens[tenant]);
+            match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
+                Ok(Ok(ws)) => {
+                    if let Some(killed) = self.killed_at.get() {
+                        let us = killed.elapsed().as_micros() as u64;
+                        let _ = self.latency.borrow_mut().record(us.max(1));
+                    }
+                    self.resumed.set(self.resumed.get() + 1);
+                    return Ok(ws);
+                }
+                Ok(Err(e)) if Instant::now() >= deadline => return Err(e),
+                Err(_) if Instant::now() >= deadline => return Err("timed out".into()),
+                _ => {}
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Starts one [`drive`] task per connection on the current `LocalSet`; with `resume`, a
+/// WebSocket client whose connection ends resumes on a survivor and goes on counting.
 pub fn drive_all(
     streams: Vec<(usize, Conn)>,
     shared: &Rc<Shared>,
     stop: &CancellationToken,
+    resume: Option<&Rc<Resume>>,
 ) -> Vec<tokio::task::JoinHandle<Tally>> {
     streams
         .into_iter()
-        .map(|(tenant, ws)| {
-            tokio::task::spawn_local(drive(ws, tenant, shared.clone(), stop.clone()))
+        .enumerate()
+        .map(|(index, (tenant, conn))| {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            match (conn, resume) {
+                (Conn::Ws(ws), Some(resume)) => tokio::task::spawn_local(drive_ws(
+                    *ws,
+                    tenant,
+                    shared,
+                    stop,
+                    Some((index, resume.clone())),
+                )),
+                (conn, _) => tokio::task::spawn_local(drive(conn, tenant, shared, stop)),
+            }
         })
         .collect()
 }
@@ -269,7 +372,7 @@ pub async fn drive(
     stop: CancellationToken,
 ) -> Tally {
     match conn {
-        Conn::Ws(ws) => drive_ws(*ws, tenant, shared, stop).await,
+        Conn::Ws(ws) => drive_ws(*ws, tenant, shared, stop, None).await,
         Conn::Sse(sse) => drive_sse(sse, tenant, shared, stop).await,
     }
 }
@@ -332,30 +435,53 @@ async fn drive_sse(
     tally
 }
 
-async fn drive_ws(mut ws: Ws, tenant: usize, shared: Rc<Shared>, stop: CancellationToken) -> Tally {
+async fn drive_ws(
+    mut ws: Ws,
+    tenant: usize,
+    shared: Rc<Shared>,
+    stop: CancellationToken,
+    resume: Option<(usize, Rc<Resume>)>,
+) -> Tally {
     let mut tally = Tally::default();
+    let mut resumed = false;
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => break,
             f = ws.next() => f,
         };
-        match frame {
-            Some(Ok(Message::Text(text))) => tally.message(text.as_bytes(), tenant, &shared),
-            Some(Ok(Message::Close(frame))) => {
-                tally.ended = Some(frame.map_or_else(
-                    || "closed".to_owned(),
-                    |f| format!("{} {}", f.code, f.reason),
-                ));
-                break;
+        let ended = match frame {
+            Some(Ok(Message::Text(text))) => {
+                tally.message(text.as_bytes(), tenant, &shared);
+                continue;
             }
+            Some(Ok(Message::Close(frame))) => frame.map_or_else(
+                || "closed".to_owned(),
+                |f| format!("{} {}", f.code, f.reason),
+            ),
             // Pings are answered by tungstenite on the next read.
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                tally.ended = Some(e.to_string());
-                break;
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => e.to_string(),
+            None => "connection ended".to_owned(),
+        };
+        // Its node died: resume once on a survivor, after the last event seen.
+        match &resume {
+            Some((index, plan)) if !resumed => {
+                resumed = true;
+                let reopening = plan.reopen(*index, tenant, tally.last_id);
+                let reopened = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = reopening => r,
+                };
+                match reopened {
+                    Ok(next) => ws = next,
+                    Err(e) => {
+                        tally.ended = Some(format!("{ended}; not resumed: {e}"));
+                        return tally;
+                    }
+                }
             }
-            None => {
-                tally.ended = Some("connection ended".to_owned());
+            _ => {
+                tally.ended = Some(ended);
                 break;
             }
         }

@@ -10,9 +10,9 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::clients::{Shared, drive_all};
+use super::clients::{Resume, Shared, drive_all};
 use super::report::{Delivery, Latency, Report};
-use super::{FanoutArgs, LoadtestError, PublishVia, connect_phase, procstat};
+use super::{FanoutArgs, LoadtestError, PublishVia, StampedeArgs, connect_phase, procstat};
 use crate::engine::redis::{ConnectMode, RedisEngine};
 use crate::engine::{Broker, HistoryConfig};
 use crate::protocol::{EventDraft, EventType};
@@ -68,9 +68,28 @@ impl ApiClient {
     }
 }
 
-/// Runs the scenario.
-pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
+/// Runs the scenario; with `stampede`, kills the target mid-run and lets its clients resume
+/// on the survivors.
+pub async fn run(
+    args: &FanoutArgs,
+    stampede: Option<&StampedeArgs>,
+) -> Result<Report, LoadtestError> {
     let common = &args.common;
+    let resume = match stampede {
+        Some(_) if common.transport != super::TransportArg::Websocket => {
+            return Err(crate::config::ConfigError::new(
+                "--transport",
+                "stampede resumes WebSocket clients only",
+            )
+            .into());
+        }
+        Some(s) => Some(Resume::new(
+            s.survivors.clone(),
+            common,
+            Duration::from_secs_f64(s.resume_within_secs.max(0.1)),
+        )?),
+        None => None,
+    };
     if args.rate.is_nan() || args.rate <= 0.0 {
         return Err(crate::config::ConfigError::new("--rate", "must be above 0").into());
     }
@@ -110,14 +129,22 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
         }),
     });
 
-    let (streams, mut report) = connect_phase("fanout", common).await?;
+    let (streams, mut report) = connect_phase(
+        if stampede.is_some() {
+            "stampede"
+        } else {
+            "fanout"
+        },
+        common,
+    )
+    .await?;
     let mut per_tenant = vec![0u64; common.tenants];
     for (tenant, _) in &streams {
         per_tenant[*tenant] += 1;
     }
     let shared = Shared::new();
     let stop = CancellationToken::new();
-    let tasks = drive_all(streams, &shared, &stop);
+    let tasks = drive_all(streams, &shared, &stop, resume.as_ref());
 
     let total = args
         .events
@@ -131,8 +158,17 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sent = 0u64;
+    let mut kill_at = stampede.map(|s| (started + Duration::from_secs_f64(s.kill_after_secs), s));
     while sent < total {
         tick.tick().await;
+        if let Some((_, s)) = kill_at.filter(|(at, _)| Instant::now() >= *at) {
+            kill(s.victim_pid)?;
+            if let Some(resume) = &resume {
+                resume.killed_at.set(Some(Instant::now()));
+            }
+            tracing::info!(pid = s.victim_pid, "victim killed");
+            kill_at = None;
+        }
         let due = ((started.elapsed().as_secs_f64() * args.rate) as u64 + 1).min(total);
         while sent < due {
             let tenant_no = (sent % common.tenants as u64) as usize;
@@ -227,5 +263,32 @@ pub async fn run(args: &FanoutArgs) -> Result<Report, LoadtestError> {
         .filter(|_| delivery.delivered > 0)
         .map(|s| s / delivery.delivered as f64 * 1e6);
     report.delivery = Some(delivery);
+    report.resume = resume.map(|r| super::report::Resumes {
+        resumed: r.resumed.get(),
+        latency_ms: Latency::from_us(&r.latency.borrow()),
+        within_5s_percent: {
+            let h = r.latency.borrow();
+            let clients = report.connected as f64;
+            (clients > 0.0).then(|| {
+                let within = h.count_between(0, 5_000_000) as f64;
+                within / clients * 100.0
+            })
+        },
+    });
     Ok(report)
+}
+
+/// SIGKILLs `pid` (the victim of a stampede).
+fn kill(pid: u32) -> Result<(), LoadtestError> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .map_err(|e| LoadtestError::Publish(format!("kill {pid}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(LoadtestError::Publish(format!(
+            "kill {pid} failed: {status}"
+        )))
+    }
 }

@@ -14,7 +14,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report, LoadtestError> {
     let (streams, mut report) = connect_phase("idle", &args.common).await?;
     let shared = Shared::new();
     let stop = CancellationToken::new();
-    let tasks = drive_all(streams, &shared, &stop);
+    let tasks = drive_all(streams, &shared, &stop, None);
     tokio::time::sleep(Duration::from_secs_f64(args.hold_secs.max(0.0))).await;
     stop.cancel();
     for task in tasks {

@@ -54,6 +54,29 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// Open N connections, publish at a rate, measure every delivery.
     Fanout(FanoutArgs),
+    /// `fanout` on a node that is SIGKILLed mid-run: every client resumes on a survivor after
+    /// the last event it saw; loss, duplicates, order and resume times are counted.
+    Stampede(StampedeArgs),
+}
+
+/// `loadtest stampede`.
+#[derive(Debug, Clone, Args)]
+pub struct StampedeArgs {
+    /// The fan-out; `--target` is the node that is killed, and every connection opens there.
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// A surviving node (repeatable): the victim's clients resume there, round robin.
+    #[arg(long = "survivor", required = true, value_name = "ADDR")]
+    pub survivors: Vec<SocketAddr>,
+    /// The victim's process id, SIGKILLed `--kill-after-secs` into the publishing.
+    #[arg(long)]
+    pub victim_pid: u32,
+    /// When to kill the victim, seconds after the first publish.
+    #[arg(long, default_value_t = 2.0)]
+    pub kill_after_secs: f64,
+    /// How long a client keeps trying to resume.
+    #[arg(long, default_value_t = 30.0)]
+    pub resume_within_secs: f64,
 }
 
 /// What every scenario needs.
@@ -212,7 +235,11 @@ pub async fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
         }
         Scenario::Fanout(a) => {
             let json = a.common.json;
-            (fanout::run(&a).await?, json)
+            (fanout::run(&a, None).await?, json)
+        }
+        Scenario::Stampede(a) => {
+            let json = a.fanout.common.json;
+            (fanout::run(&a.fanout, Some(&a)).await?, json)
         }
     };
     match report {
@@ -266,6 +293,7 @@ async fn connect_phase(
         loadgen_rss_kib: procstat::this_process().map(|s| s.rss_kib),
         dropped_connections: 0,
         delivery: None,
+        resume: None,
     };
     Ok((opened.streams, report))
 }

@@ -59,20 +59,6 @@ pub fn sys_between(a: Option<Sample>, b: Option<Sample>) -> Option<f64> {
     Some(b?.sys_secs - a?.sys_secs)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_this_process() {
-        let s = this_process().expect("/proc/self");
-        assert!(s.rss_kib > 0);
-        assert!(s.cpu_secs >= 0.0);
-        assert!(of(Some(u32::MAX)).is_none());
-        assert!(of(None).is_none());
-    }
-}
-
 /// The kernel's slab memory (`/proc/meminfo`, `Slab:`), in KiB: where sockets, their TCP
 /// state, files and epoll entries live. Machine-wide, so it counts both ends of a loopback
 /// connection.
@@ -88,10 +74,21 @@ fn parse_slab(meminfo: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let s = this_process().expect("/proc/self");
+        assert!(s.rss_kib > 0);
+        assert!(s.cpu_secs >= 0.0);
+        assert!(of(Some(u32::MAX)).is_none());
+        assert!(of(None).is_none());
+    }
+
     #[test]
     fn slab_memory_is_read_from_meminfo() {
         let text = "MemTotal: 24000000 kB\nSlab:             123456 kB\nSReclaimable: 1 kB\n";
-        assert_eq!(super::parse_slab(text), Some(123456));
-        assert_eq!(super::parse_slab("MemTotal: 1 kB"), None);
+        assert_eq!(parse_slab(text), Some(123456));
+        assert_eq!(parse_slab("MemTotal: 1 kB"), None);
     }
 }

@@ -117,6 +117,20 @@ pub struct Report {
     /// The fan-out results (`fanout` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// The resumes after the victim died (`stampede` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resumes>,
+}
+
+/// How the clients of a killed node came back (`stampede`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Resumes {
+    /// Clients that reached `connected` on a survivor.
+    pub resumed: u64,
+    /// Kill → `connected` on a survivor, ms.
+    pub latency_ms: Option<Latency>,
+    /// Of all clients, the share back within 5 s of the kill, %.
+    pub within_5s_percent: Option<f64>,
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -195,6 +209,22 @@ impl Report {
                 opt(d.server_cpu_secs_per_million, 2),
                 opt(d.loadgen_cpu_secs, 2)
             );
+        }
+        if let Some(r) = &self.resume {
+            let _ = writeln!(
+                out,
+                "  resume       {} of {} clients on the survivors ({}% within 5 s)",
+                r.resumed,
+                self.connected,
+                opt(r.within_5s_percent, 1)
+            );
+            if let Some(l) = &r.latency_ms {
+                let _ = writeln!(
+                    out,
+                    "  resume ms    p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0} after the kill",
+                    l.p50, l.p90, l.p99, l.max
+                );
+            }
         }
         if self.dropped_connections > 0 {
             let _ = writeln!(

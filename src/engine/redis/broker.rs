@@ -103,6 +103,7 @@ impl Broker for RedisEngine {
         };
         let count = limit.min(self.history.size as usize) as i64;
         let args: Vec<Value> = vec![from.into(), count.into(), mode.into()];
+        crate::metrics::history_read();
         let reply: Vec<String> = self
             .scripts
             .history
