@@ -152,6 +152,10 @@ pub async fn serve(mut args: ServeArgs, node_id: String) -> Result<(), CommandEr
         idempotency_ttl: args.idempotency.ttl(),
         trusted_proxies: TrustedProxies::parse(args.trusted_proxies.as_deref().unwrap_or(""))
             .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))?,
+        recent_window: {
+            let history = HistoryConfig::from_args(&args.history);
+            crate::gateway::window::WindowLimits::under_history(history.size, history.ttl)
+        },
     };
     // On Redis the `worker` command validates; the embedded engine does it in-process.
     let embedded_validator = args

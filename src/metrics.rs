@@ -51,6 +51,7 @@ fn preregister() {
         "license_gateway_events_filtered_total",
         "license_gateway_events_received_total",
         "license_gateway_history_reads_total",
+        "license_gateway_history_window_resumes_total",
         "license_gateway_notification_states_sent_total",
         "license_gateway_pubsub_lagged_messages_total",
         "license_gateway_redis_probe_failures_total",
@@ -190,6 +191,11 @@ pub fn history_replay(outcome: &'static str) {
 /// One read of a tenant's history from the engine (a page of a resume, a gap fill).
 pub fn history_read() {
     counter!("license_gateway_history_reads_total").increment(1);
+}
+
+/// A resume was served from the node's recent-event window, without a history read.
+pub fn history_window_resume() {
+    counter!("license_gateway_history_window_resumes_total").increment(1);
 }
 
 /// A delivery gap was filled from history (`filled`) or could not be (`resync`).

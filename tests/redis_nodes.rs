@@ -665,3 +665,73 @@ async fn the_documented_acls_confine_the_gateway_and_keep_other_clients_off_its_
     assert!(denied.contains("NOPERM"), "{denied}");
     client.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// #20: resumes of a tenant on a node share its window of recent events. On a node already
+/// serving the tenant, resumes read no history at all; on a node that was not, the first resume
+/// reads it once and the rest are served from the window; every client gets exactly the events
+/// it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_on_a_node_share_one_history_read() {
+    let redis = Redis::start();
+    let busy = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let token = tenant_token("acme");
+    let (holder, _) =
+        WsClient::connected(&format!("{}?token={token}", busy.ws_url()), &token).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let e = publish(busy.port, "acme", "license_updated", json!({ "n": n })).await;
+        ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let missed: Vec<String> = ids[2..].to_vec();
+    let resume_all = |node: &Gateway, count: usize| {
+        let url = format!("{}?token={token}&lastEventId={}", node.ws_url(), ids[1]);
+        let token = token.clone();
+        async move {
+            let clients = (0..count).map(|_| {
+                let (url, token) = (url.clone(), token.clone());
+                async move {
+                    let (mut c, _) = WsClient::connected(&url, &token).await;
+                    let got: Vec<String> = c
+                        .drain(Duration::from_millis(300))
+                        .await
+                        .iter()
+                        .map(|e| e["id"].as_str().unwrap_or("?").to_owned())
+                        .collect();
+                    c.close().await;
+                    got
+                }
+            });
+            futures_util::future::join_all(clients).await
+        }
+    };
+    let reads = |port| metric(port, "license_gateway_history_reads_total");
+
+    // The node holding the tenant's subscription since before the events: no read at all.
+    for got in resume_all(&busy, 20).await {
+        assert_eq!(got, missed);
+    }
+    assert_eq!(reads(busy.port).await, 0.0);
+    assert_eq!(
+        metric(busy.port, "license_gateway_history_window_resumes_total").await,
+        20.0
+    );
+
+    // A node new to the tenant (its subscription, kept by a client that does not resume,
+    // starts after the events): the first resume reads, the window serves the others.
+    let fresh = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let (fresh_holder, _) =
+        WsClient::connected(&format!("{}?token={token}", fresh.ws_url()), &token).await;
+    for got in resume_all(&fresh, 1).await {
+        assert_eq!(got, missed);
+    }
+    assert_eq!(reads(fresh.port).await, 1.0);
+    for got in resume_all(&fresh, 19).await {
+        assert_eq!(got, missed);
+    }
+    assert_eq!(
+        reads(fresh.port).await,
+        1.0,
+        "the others were served from the window"
+    );
+    drop((holder, fresh_holder));
+}

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::outbox::{Outbox, QueueLimits};
 use super::recovery::{FillOutcome, Member, Sessions, TenantStream, resync_reason};
+use super::window::WindowLimits;
 use crate::engine::{Broker, Control, EngineError, EventSink, Position};
 use crate::notifications::EventFilter;
 use crate::notifications::Versioned;
@@ -67,6 +68,8 @@ pub struct Hub {
     hasher: RandomState,
     broker: Arc<dyn Broker>,
     queue: QueueLimits,
+    /// Bounds of each tenant's recent-event window.
+    window: WindowLimits,
     unsubscribe_delay: Duration,
     next_id: AtomicU64,
     /// Signalled when sessions join or leave, so the node registry refreshes promptly.
@@ -82,6 +85,7 @@ impl Hub {
     pub fn new(
         broker: Arc<dyn Broker>,
         queue: QueueLimits,
+        window: WindowLimits,
         unsubscribe_delay: Duration,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -91,6 +95,7 @@ impl Hub {
             hasher: RandomState::new(),
             broker,
             queue,
+            window,
             unsubscribe_delay,
             next_id: AtomicU64::new(1),
             changed: Notify::new(),
@@ -131,7 +136,7 @@ impl Hub {
             };
             let entry = shard.entry(key.clone()).or_insert_with(|| TenantEntry {
                 sessions: Sessions::new(),
-                stream: TenantStream::default(),
+                stream: TenantStream::new(self.window),
                 subscribed: Arc::new(tokio::sync::Mutex::new(false)),
             });
             let member = Member {
@@ -292,17 +297,54 @@ impl Hub {
             .and_then(|m| m.user.clone())
     }
 
-    /// Connections reached per tenant and event type since the last call, for the stats.
+    /// Connections reached per tenant and event type since the last call, for the stats. (The
+    /// same periodic walk ages out the recent-event windows of quiet tenants.)
     pub fn take_delivered(&self) -> Vec<(Arc<str>, EventType, u64)> {
         let mut out = Vec::new();
+        let now = std::time::Instant::now();
         for mut shard in self.each_shard() {
             for (tenant, entry) in shard.iter_mut() {
                 for (t, n) in entry.stream.take_delivered() {
                     out.push((tenant.clone(), t, n));
                 }
+                entry.stream.window.trim(now);
             }
         }
         out
+    }
+
+    /// The events of `tenant` after `after` from the node's recent-event window, when it covers
+    /// them: a resume served without reading the history.
+    pub fn recent_after(&self, tenant: &str, after: EventId) -> Option<Vec<(EventId, Payload)>> {
+        let mut shard = self.shard(tenant);
+        let entry = shard.get_mut(tenant)?;
+        if entry.stream.is_held() {
+            return None;
+        }
+        entry.stream.window.after(after, std::time::Instant::now())
+    }
+
+    /// Takes in a history page a resume of `tenant` read after `after` (`complete`: not cut at
+    /// the page size), so that later resumes from there are served from the window.
+    pub fn remember_history(
+        &self,
+        tenant: &str,
+        after: EventId,
+        page: &[(EventId, Payload)],
+        complete: bool,
+    ) {
+        let mut shard = self.shard(tenant);
+        if let Some(entry) = shard.get_mut(tenant) {
+            if entry.stream.is_held() {
+                return;
+            }
+            let position = entry.stream.position();
+            let now = std::time::Instant::now();
+            entry
+                .stream
+                .window
+                .remember(after, page, complete, position, now);
+        }
     }
 
     /// Sessions per tenant on this node (tenants with at least one session).

@@ -29,6 +29,7 @@ pub mod takeover;
 pub mod transport;
 pub mod upgrade;
 pub mod websocket;
+pub mod window;
 
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client_ip::TrustedProxies,
+    /// Bounds of each tenant's window of recent events (resumes served without a history read).
+    pub recent_window: window::WindowLimits,
 }
 
 #[cfg(test)]
@@ -95,6 +98,7 @@ impl Settings {
             max_connections_per_tenant: 0,
             idempotency_ttl: Duration::from_secs(86_400),
             trusted_proxies: client_ip::TrustedProxies::default(),
+            recent_window: window::WindowLimits::default(),
         }
     }
 }

@@ -69,6 +69,7 @@ impl Node {
                 len: settings.session_queue_len,
                 bytes: settings.session_queue_bytes,
             },
+            settings.recent_window,
             settings.unsubscribe_delay,
             background.clone(),
             background_stop.clone(),

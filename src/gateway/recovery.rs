@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::outbox::{Item, Outbox};
+use super::window::{Window, WindowLimits};
 use crate::engine::History;
 use crate::notifications::{EventMeta, Versioned};
 use crate::protocol::{EventId, EventType, Payload, ResyncReason};
@@ -64,6 +65,18 @@ pub struct TenantStream {
     overflow: bool,
     /// Connections reached per event type since the last [`TenantStream::take_delivered`].
     delivered: Vec<(EventType, u64)>,
+    /// The recent events delivered, for resumes on this node without a history read.
+    pub window: Window,
+}
+
+impl TenantStream {
+    /// A stream whose recent-event window stays within `limits`.
+    pub fn new(limits: WindowLimits) -> Self {
+        Self {
+            window: Window::new(limits),
+            ..Self::default()
+        }
+    }
 }
 
 /// What a gap fill did.
@@ -85,6 +98,8 @@ impl TenantStream {
     /// Records the history's newest id when the subscription came into place.
     pub fn set_baseline(&mut self, baseline: Option<EventId>) {
         self.baseline = baseline;
+        // Every event after the baseline arrives live from now on.
+        self.window.start_at(baseline);
     }
 
     /// Rule 1 and 2: a live event, delivered in order, or held while a gap is open.
@@ -103,6 +118,7 @@ impl TenantStream {
     /// Rule 2: live delivery may have missed events; hold live events until [`Self::fill`].
     pub fn hold(&mut self) {
         self.pending.get_or_insert_with(Vec::new);
+        self.window.stop();
     }
 
     /// Whether a gap is open.
@@ -154,6 +170,7 @@ impl TenantStream {
                 return;
             }
             self.last_id = Some(id);
+            self.window.push(id, payload, std::time::Instant::now());
         }
         let (delivered, event_type) = fan_out(sessions, id, payload);
         crate::metrics::event_fanned_out(delivered);

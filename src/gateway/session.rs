@@ -401,31 +401,51 @@ impl<W: Transport> Session<'_, W> {
         // filter (read once; a change during the replay applies to live events).
         let prefs = self.node.hub.preferences(self.membership);
         loop {
-            let page = match self
-                .node
-                .broker
-                .history_page(tenant, Some(after), position, REPLAY_PAGE)
-                .await
-            {
-                Ok(History::After(events)) => events,
-                Ok(other) if position == Position::Exact => {
-                    return match resync_reason(&other) {
-                        Some(reason) => self.resync(reason).await,
-                        None => true,
-                    };
+            // A resume from a recent event is served from the node's window when it covers it
+            // (in a stampede, most of a tenant's clients resume from the same event).
+            let recent = match position {
+                Position::Exact => self.node.hub.recent_after(tenant, after),
+                Position::ByOrder => None,
+            };
+            let (page, complete) = match recent {
+                Some(events) => {
+                    metrics::history_window_resume();
+                    (events, true)
                 }
-                // Trimmed (or lost) between two pages: events may be missing.
-                Ok(_) => return self.resync(ResyncReason::EventsMissed).await,
-                Err(error) => {
-                    session_event!(self.span, WARN, %error, "history unavailable for resume");
-                    return self.resync(ResyncReason::HistoryUnavailable).await;
+                None => {
+                    let page = match self
+                        .node
+                        .broker
+                        .history_page(tenant, Some(after), position, REPLAY_PAGE)
+                        .await
+                    {
+                        Ok(History::After(events)) => events,
+                        Ok(other) if position == Position::Exact => {
+                            return match resync_reason(&other) {
+                                Some(reason) => self.resync(reason).await,
+                                None => true,
+                            };
+                        }
+                        // Trimmed (or lost) between two pages: events may be missing.
+                        Ok(_) => return self.resync(ResyncReason::EventsMissed).await,
+                        Err(error) => {
+                            session_event!(self.span, WARN, %error, "history unavailable for resume");
+                            return self.resync(ResyncReason::HistoryUnavailable).await;
+                        }
+                    };
+                    let complete = page.len() < REPLAY_PAGE;
+                    if position == Position::Exact {
+                        self.node
+                            .hub
+                            .remember_history(tenant, after, &page, complete);
+                    }
+                    (page, complete)
                 }
             };
             if position == Position::Exact {
                 metrics::history_replay("replayed");
                 self.last_sent = Some(after);
             }
-            let full = page.len() == REPLAY_PAGE;
             for (id, payload) in page {
                 let meta = EventMeta::read(&payload);
                 let wanted = prefs
@@ -443,7 +463,7 @@ impl<W: Transport> Session<'_, W> {
                 after = id;
                 replayed += 1;
             }
-            if !full {
+            if complete {
                 session_event!(self.span, DEBUG, replayed, "resumed");
                 return true;
             }
