@@ -33,7 +33,12 @@ impl SilencingProxy {
 
     /// Proxies `port` to `target`.
     pub fn start_on(port: u16, target: u16) -> Self {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("proxy bind");
+        Self::try_start_on(port, target).expect("proxy bind")
+    }
+
+    /// Proxies `port` to `target`; `Err` when `port` was taken meanwhile.
+    pub fn try_start_on(port: u16, target: u16) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true).expect("nonblocking");
         let subscribers: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -56,12 +61,12 @@ impl SilencingProxy {
                 }
             });
         });
-        Self {
+        Ok(Self {
             port,
             subscribers,
             stop: Some(stop),
             thread: Some(thread),
-        }
+        })
     }
 
     /// Silences every connection that has subscribed so far; returns how many.

@@ -277,22 +277,22 @@ fn rand_u32() -> u32 {
 
 impl RedisCluster {
     pub fn start() -> Self {
-        Self::start_announcing(None).0
+        Self::start_announcing(false).0
     }
 
     /// A cluster whose first master is reached through a [`SilencingProxy`]: that master
     /// announces the proxy's port, so clients connect to it only through the proxy.
     pub fn start_with_proxy() -> (Self, SilencingProxy) {
-        let (cluster, proxy) = Self::start_announcing(Some(crate::free_port()));
+        let (cluster, proxy) = Self::start_announcing(true);
         (cluster, proxy.expect("proxy"))
     }
 
-    fn start_announcing(proxy_port: Option<u16>) -> (Self, Option<SilencingProxy>) {
+    fn start_announcing(with_proxy: bool) -> (Self, Option<SilencingProxy>) {
         // A node whose bus port (+10000, inside the ephemeral range) was taken between the check
-        // and its bind exits, and `--cluster create` would then wait forever: such a start is
-        // abandoned and retried on other ports.
+        // and its bind exits, and `--cluster create` would then wait forever; the proxy's port
+        // can be taken the same way: such a start is abandoned and retried on other ports.
         for _ in 0..3 {
-            if let Some(started) = Self::try_start(proxy_port) {
+            if let Some(started) = Self::try_start(with_proxy.then(crate::free_port)) {
                 return started;
             }
         }
@@ -313,7 +313,11 @@ impl RedisCluster {
             dir,
             announce: proxy_port.map(|proxy| (ports[0], proxy)),
         };
-        let proxy = proxy_port.map(|proxy| SilencingProxy::start_on(proxy, ports[0]));
+        let proxy = match proxy_port.map(|proxy| SilencingProxy::try_start_on(proxy, ports[0])) {
+            Some(Ok(proxy)) => Some(proxy),
+            Some(Err(_)) => return None,
+            None => None,
+        };
         for port in ports {
             if !cluster.spawn(port) {
                 return None;
