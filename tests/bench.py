@@ -91,6 +91,15 @@ SCENARIOS = {
         {},
         "stampede",
     ),
+    # 10 minutes of 500 events/s to 10,000 connections while 1 % of the clients are replaced
+    # (close, reconnect, resume) every second: memory drift, loss and p99 over time (#20).
+    "soak-10m": (
+        ["soak", "--connections", "10000", "--tenants", "100", "--sources", "8",
+         "--rate", "500", "--duration-secs", "600", "--drain-secs", "10",
+         "--replace-percent", "1", "--warmup-secs", "60"],
+        {},
+        "soak",
+    ),
     "tenant-10k": (
         ["fanout", "--connections", "10000", "--tenants", "1", "--sources", "8",
          "--rate", "5", "--duration-secs", "10", "--drain-secs", "5"],
@@ -275,7 +284,7 @@ def run_stampede(name, binary=BINARY):
         out = subprocess.run(
             [BINARY, "loadtest", *args, "--target", f"127.0.0.1:{nodes[0][1]}", *survivors,
              "--victim-pid", str(nodes[0][0].pid), "--json"],
-            env={**env, "RUST_LOG": "error"}, capture_output=True, text=True, timeout=600,
+            env={**env, "RUST_LOG": "error"}, capture_output=True, text=True, timeout=1800,
             preexec_fn=raise_fd_limit)
         if out.returncode != 0:
             raise RuntimeError(f"loadtest failed: {out.stderr.strip()}")
@@ -345,11 +354,12 @@ def run_once(name, binary=BINARY, seed=None):
             # The same load generator (this checkout's build) for every gateway build measured.
             [BINARY, "loadtest", *args, "--target", f"127.0.0.1:{port}",
              "--server-pid", str(gateway.pid), "--json"],
-            env={**env, "RUST_LOG": "error"}, capture_output=True, text=True, timeout=600,
+            env={**env, "RUST_LOG": "error"}, capture_output=True, text=True, timeout=1800,
             preexec_fn=raise_fd_limit)
         if out.returncode != 0:
             raise RuntimeError(f"loadtest failed: {out.stderr.strip()}")
         report = json.loads(out.stdout)
+        soak_figures(report)
         delivery = report.get("delivery")
         if delivery and delivery.get("server_cpu_secs") is not None and delivery["delivered"]:
             user = delivery["server_cpu_secs"] - delivery["server_sys_secs"]
@@ -466,6 +476,96 @@ STAMPEDE_ROWS = [
 ]
 
 
+SOAK_ROWS = [
+    ("deliveries", "delivery.delivered", 0),
+    ("lost / duplicated / reordered", "loss_summary", 0),
+    ("clients replaced (closed and resumed)", "soak.replaced", 0),
+    ("server RSS after the 60 s warm-up, MiB", "soak.rss_warm_mib", 1),
+    ("server RSS at the end, MiB", "soak.rss_end_mib", 1),
+    ("RSS drift after warm-up, %", "soak.rss_drift_percent", 1),
+    ("p99 per second: median over the run, ms", "soak.p99_median_ms", 2),
+    ("p99 per second: first minute after warm-up, median, ms", "soak.p99_first_minute_ms", 2),
+    ("p99 per second: last minute, median, ms", "soak.p99_last_minute_ms", 2),
+    ("replaced client back (close → connected), p99, ms", "resume.latency_ms.p99", 1),
+    ("server CPU per million deliveries, s", "delivery.server_cpu_secs_per_million", 2),
+]
+
+
+def soak_figures(report):
+    """Adds the soak table's derived figures to a report."""
+    soak = report.get("soak")
+    if not soak:
+        return
+    for key in ("rss_warm_kib", "rss_end_kib"):
+        if soak.get(key):
+            soak[key.replace("_kib", "_mib")] = soak[key] / 1024
+    p99 = [(s["secs"], s["p99_ms"]) for s in soak["samples"] if s["p99_ms"] is not None]
+    if p99:
+        soak["p99_median_ms"] = statistics.median(v for _, v in p99)
+        first = [v for t, v in p99 if 60 <= t < 120]
+        last = [v for t, v in p99 if t >= p99[-1][0] - 60]
+        soak["p99_first_minute_ms"] = statistics.median(first) if first else None
+        soak["p99_last_minute_ms"] = statistics.median(last) if last else None
+
+
+def png_plot(path, series, width=900, height=420):
+    """A line plot as a PNG, with nothing but zlib: `series` is [(label, colour (r, g, b),
+    [(x, y)…], y-axis side 'left'/'right')]. Two y axes share the x axis (seconds)."""
+    import struct
+    import zlib
+    pixels = bytearray([255] * (width * height * 3))
+    left, right, top, bottom = 60, width - 60, 20, height - 40
+
+    def dot(x, y, colour):
+        if 0 <= x < width and 0 <= y < height:
+            i = (y * width + x) * 3
+            pixels[i:i + 3] = bytes(colour)
+
+    def line(x0, y0, x1, y1, colour):
+        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for k in range(steps + 1):
+            dot(round(x0 + (x1 - x0) * k / steps), round(y0 + (y1 - y0) * k / steps), colour)
+
+    for x in range(left, right + 1):
+        dot(x, bottom, (0, 0, 0))
+    for y in range(top, bottom + 1):
+        dot(left, y, (0, 0, 0))
+        dot(right, y, (0, 0, 0))
+    xs = [x for _, _, points, _ in series for x, _ in points]
+    x_max = max(xs) if xs else 1
+    for _, colour, points, side in series:
+        if not points:
+            continue
+        y_max = max(y for _, y in points) * 1.1 or 1
+        scaled = [(left + (x / x_max) * (right - left), bottom - (y / y_max) * (bottom - top))
+                  for x, y in points]
+        for (x0, y0), (x1, y1) in zip(scaled, scaled[1:]):
+            line(round(x0), round(y0), round(x1), round(y1), colour)
+        # The axis of this series: a tick of its colour at its top value.
+        edge = left if side == "left" else right
+        for dx in range(-5, 6):
+            dot(edge + dx, round(bottom - (bottom - top) / 1.1), colour)
+    raw = b"".join(b"\x00" + bytes(pixels[y * width * 3:(y + 1) * width * 3])
+                   for y in range(height))
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+def soak_plot(report, path):
+    samples = report["soak"]["samples"]
+    rss = [(s["secs"], s["rss_kib"] / 1024) for s in samples if s["rss_kib"]]
+    p99 = [(s["secs"], s["p99_ms"]) for s in samples if s["p99_ms"] is not None]
+    png_plot(path, [("server RSS, MiB", (31, 119, 180), rss, "left"),
+                    ("p99 per second, ms", (214, 39, 40), p99, "right")])
+
+
 def derive(runs):
     for r in runs:
         if r.get("server_rss_kib"):
@@ -506,7 +606,8 @@ def table(name, runs):
     kind = SCENARIOS[name][2]
     derive(runs)
     lines = [f"| {name} ({len(runs)} runs) | median (min–max) |", "|---|---|"]
-    rows = {"idle": IDLE_ROWS, "fanout": FANOUT_ROWS, "stampede": STAMPEDE_ROWS}[kind]
+    rows = {"idle": IDLE_ROWS, "fanout": FANOUT_ROWS, "stampede": STAMPEDE_ROWS,
+            "soak": SOAK_ROWS}[kind]
     for label, path, digits in rows:
         if path == "loss_summary":
             totals = [sum(get(r, f"delivery.{k}") or 0 for r in runs)
@@ -635,6 +736,10 @@ def main():
                 print(f"{name} seed design run {i + 1}: {json.dumps(report)}", flush=True)
                 seeds.append(report)
         all_runs[name] = runs
+        if name.startswith("soak") and not opts.no_write:
+            # The plot of the run with the median drift.
+            ranked = sorted(runs, key=lambda r: r["soak"].get("rss_drift_percent") or 0)
+            soak_plot(ranked[len(ranked) // 2], os.path.join(ROOT, "docs", f"{name}.png"))
         tables[name] = table(name, runs)
         print(tables[name], flush=True)
         if seeds:

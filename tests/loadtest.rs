@@ -213,3 +213,59 @@ async fn stampede_resumes_every_client_on_the_survivors_without_loss() {
         assert!(served > 0.0, "node {} took none", node.port);
     }
 }
+
+/// `loadtest soak` (a short one): every second a share of the clients closes and resumes after
+/// its last event; the counts stay exact and the server is sampled every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_replaces_clients_and_still_counts_every_delivery() {
+    let redis = Redis::start();
+    let node = Gateway::start(GatewayOptions::redis(&redis)).await;
+    let target = format!("127.0.0.1:{}", node.port);
+    let pid = node.pid().to_string();
+    let url = redis.url();
+    let r = loadtest(
+        &[
+            "soak",
+            "--target",
+            &target,
+            "--server-pid",
+            &pid,
+            "--connections",
+            "100",
+            "--tenants",
+            "5",
+            "--rate",
+            "50",
+            "--duration-secs",
+            "5",
+            "--replace-percent",
+            "10",
+            "--warmup-secs",
+            "1",
+            "--drain-secs",
+            "10",
+        ],
+        &[("REDIS_URL", &url)],
+    );
+    assert_eq!(r["scenario"], "soak");
+    let d = &r["delivery"];
+    assert_eq!(d["published"], 250);
+    // 50 events per tenant, each to its 20 clients, however often each was replaced.
+    assert_eq!(d["expected"], 5000);
+    assert_eq!(d["delivered"], 5000, "{r}");
+    for zero in ["lost", "duplicates", "reordered", "foreign"] {
+        assert_eq!(d[zero], 0, "{zero}: {r}");
+    }
+    let soak = &r["soak"];
+    // 10 clients a second for about 5 s.
+    let replaced = soak["replaced"].as_u64().unwrap();
+    assert!((30..=60).contains(&replaced), "{soak}");
+    // Those replaced in the last second may still be reconnecting when the run stops.
+    let resumed = r["resume"]["resumed"].as_u64().unwrap();
+    assert!(resumed <= replaced && resumed + 10 >= replaced, "{r}");
+    let samples = soak["samples"].as_array().unwrap();
+    assert!(samples.len() >= 4, "{soak}");
+    assert!(samples.iter().all(|s| s["rss_kib"].as_u64().unwrap() > 0));
+    assert!(soak["rss_drift_percent"].as_f64().is_some(), "{soak}");
+    assert_eq!(r["dropped_connections"], 0, "{r}");
+}

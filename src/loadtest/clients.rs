@@ -174,6 +174,8 @@ pub struct Shared {
     pub epoch: Instant,
     /// Publish → receive latency, µs.
     pub latency: RefCell<Histogram<u64>>,
+    /// The same since the last sample (`soak`).
+    pub recent_latency: RefCell<Histogram<u64>>,
     /// Distinct events received, over all connections.
     pub delivered: Cell<u64>,
     /// When the last of them arrived.
@@ -187,6 +189,7 @@ impl Shared {
             .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits are valid"));
         Rc::new(Self {
             epoch: Instant::now(),
+            recent_latency: RefCell::new(latency.clone()),
             latency: RefCell::new(latency),
             delivered: Cell::new(0),
             last_receive: Cell::new(None),
@@ -267,6 +270,8 @@ pub struct Resume {
     pub resumed: Cell<u64>,
     /// How long a client keeps trying.
     pub within: Duration,
+    /// `loadtest soak`: a signal per connection to close and resume (and resume every time).
+    pub kicks: Vec<tokio::sync::Notify>,
 }
 
 impl Resume {
@@ -275,6 +280,7 @@ impl Resume {
         survivors: Vec<SocketAddr>,
         common: &CommonArgs,
         within: Duration,
+        kicks: usize,
     ) -> Result<Rc<Self>, LoadtestError> {
         let signer = Signer::from_args(&common.auth)?;
         let tokens = (0..common.tenants)
@@ -291,6 +297,7 @@ impl Resume {
             latency: RefCell::new(latency),
             resumed: Cell::new(0),
             within,
+            kicks: (0..kicks).map(|_| tokio::sync::Notify::new()).collect(),
         }))
     }
 
@@ -301,6 +308,7 @@ impl Resume {
         index: usize,
         tenant: usize,
         last: Option<EventId>,
+        since: Option<Instant>,
     ) -> Result<Ws, String> {
         let deadline = Instant::now() + self.within;
         let mut attempt = 0;
@@ -319,8 +327,8 @@ impl Resume {
             let opening = open_one(&url, target, Dialect::Gateway, source, &self.tokens[tenant]);
             match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
                 Ok(Ok(ws)) => {
-                    if let Some(killed) = self.killed_at.get() {
-                        let us = killed.elapsed().as_micros() as u64;
+                    if let Some(since) = since.or(self.killed_at.get()) {
+                        let us = since.elapsed().as_micros() as u64;
                         let _ = self.latency.borrow_mut().record(us.max(1));
                     }
                     self.resumed.set(self.resumed.get() + 1);
@@ -403,10 +411,9 @@ impl Tally {
         }
         self.last_id = self.last_id.max(id);
         self.received += 1;
-        let _ = shared
-            .latency
-            .borrow_mut()
-            .record(now.saturating_sub(t).max(1));
+        let us = now.saturating_sub(t).max(1);
+        let _ = shared.latency.borrow_mut().record(us);
+        let _ = shared.recent_latency.borrow_mut().record(us);
         shared.delivered.set(shared.delivered.get() + 1);
         shared.last_receive.set(Some(Instant::now()));
     }
@@ -445,9 +452,36 @@ async fn drive_ws(
     let mut tally = Tally::default();
     let mut resumed = false;
     loop {
+        let kick = async {
+            match resume.as_ref().and_then(|(i, plan)| plan.kicks.get(*i)) {
+                Some(kick) => kick.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let frame = tokio::select! {
             _ = stop.cancelled() => break,
-            f = ws.next() => f,
+            f = ws.next() => Some(f),
+            _ = kick => None,
+        };
+        // Replaced (soak): the client closes and comes back after the last event it saw.
+        let Some(frame) = frame else {
+            if let Some((index, plan)) = &resume {
+                let kicked = Instant::now();
+                let _ = ws.close(None).await;
+                let reopening = plan.reopen(*index, tenant, tally.last_id, Some(kicked));
+                let reopened = tokio::select! {
+                    _ = stop.cancelled() => return tally,
+                    r = reopening => r,
+                };
+                match reopened {
+                    Ok(next) => ws = next,
+                    Err(e) => {
+                        tally.ended = Some(format!("replaced; not resumed: {e}"));
+                        return tally;
+                    }
+                }
+            }
+            continue;
         };
         let ended = match frame {
             Some(Ok(Message::Text(text))) => {
@@ -465,9 +499,9 @@ async fn drive_ws(
         };
         // Its node died: resume once on a survivor, after the last event seen.
         match &resume {
-            Some((index, plan)) if !resumed => {
+            Some((index, plan)) if !resumed && plan.kicks.is_empty() => {
                 resumed = true;
-                let reopening = plan.reopen(*index, tenant, tally.last_id);
+                let reopening = plan.reopen(*index, tenant, tally.last_id, None);
                 let reopened = tokio::select! {
                     _ = stop.cancelled() => break,
                     r = reopening => r,

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::clients::{Resume, Shared, drive_all};
 use super::report::{Delivery, Latency, Report};
-use super::{FanoutArgs, LoadtestError, PublishVia, StampedeArgs, connect_phase, procstat};
+use super::{
+    FanoutArgs, LoadtestError, PublishVia, SoakArgs, StampedeArgs, connect_phase, procstat,
+};
 use crate::engine::redis::{ConnectMode, RedisEngine};
 use crate::engine::{Broker, HistoryConfig};
 use crate::protocol::{EventDraft, EventType};
@@ -68,27 +70,49 @@ impl ApiClient {
     }
 }
 
-/// Runs the scenario; with `stampede`, kills the target mid-run and lets its clients resume
-/// on the survivors.
-pub async fn run(
-    args: &FanoutArgs,
-    stampede: Option<&StampedeArgs>,
-) -> Result<Report, LoadtestError> {
+/// What a fan-out does besides publishing.
+#[derive(Clone, Copy)]
+pub enum Extra<'a> {
+    /// Nothing.
+    None,
+    /// Kill the target mid-run; its clients resume on the survivors.
+    Stampede(&'a StampedeArgs),
+    /// Replace a share of the clients every second; sample the server every second.
+    Soak(&'a SoakArgs),
+}
+
+/// Runs the scenario, with its [`Extra`].
+pub async fn run(args: &FanoutArgs, extra: Extra<'_>) -> Result<Report, LoadtestError> {
     let common = &args.common;
-    let resume = match stampede {
-        Some(_) if common.transport != super::TransportArg::Websocket => {
-            return Err(crate::config::ConfigError::new(
-                "--transport",
-                "stampede resumes WebSocket clients only",
-            )
-            .into());
-        }
-        Some(s) => Some(Resume::new(
+    let stampede = match extra {
+        Extra::Stampede(s) => Some(s),
+        _ => None,
+    };
+    let soak = match extra {
+        Extra::Soak(s) => Some(s),
+        _ => None,
+    };
+    if !matches!(extra, Extra::None) && common.transport != super::TransportArg::Websocket {
+        return Err(crate::config::ConfigError::new(
+            "--transport",
+            "stampede and soak resume WebSocket clients only",
+        )
+        .into());
+    }
+    let resume = match extra {
+        Extra::Stampede(s) => Some(Resume::new(
             s.survivors.clone(),
             common,
             Duration::from_secs_f64(s.resume_within_secs.max(0.1)),
+            0,
         )?),
-        None => None,
+        Extra::Soak(_) => Some(Resume::new(
+            vec![common.target],
+            common,
+            Duration::from_secs(30),
+            common.connections,
+        )?),
+        Extra::None => None,
     };
     if args.rate.is_nan() || args.rate <= 0.0 {
         return Err(crate::config::ConfigError::new("--rate", "must be above 0").into());
@@ -130,10 +154,10 @@ pub async fn run(
     });
 
     let (streams, mut report) = connect_phase(
-        if stampede.is_some() {
-            "stampede"
-        } else {
-            "fanout"
+        match extra {
+            Extra::None => "fanout",
+            Extra::Stampede(_) => "stampede",
+            Extra::Soak(_) => "soak",
         },
         common,
     )
@@ -158,9 +182,13 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sent = 0u64;
+    let mut sampler = soak.map(|s| Sampler::new(s, common.connections, started));
     let mut kill_at = stampede.map(|s| (started + Duration::from_secs_f64(s.kill_after_secs), s));
     while sent < total {
         tick.tick().await;
+        if let (Some(sampler), Some(resume)) = (&mut sampler, &resume) {
+            sampler.every_second(resume, &shared, common.server_pid);
+        }
         if let Some((_, s)) = kill_at.filter(|(at, _)| Instant::now() >= *at) {
             kill(s.victim_pid)?;
             if let Some(resume) = &resume {
@@ -262,13 +290,15 @@ pub async fn run(
         .server_cpu_secs
         .filter(|_| delivery.delivered > 0)
         .map(|s| s / delivery.delivered as f64 * 1e6);
+    report.soak = sampler.map(|s| s.finish(procstat::of(common.server_pid)));
     report.delivery = Some(delivery);
     report.resume = resume.map(|r| super::report::Resumes {
         resumed: r.resumed.get(),
         latency_ms: Latency::from_us(&r.latency.borrow()),
         within_5s_percent: {
             let h = r.latency.borrow();
-            let clients = report.connected as f64;
+            // Of all clients (stampede), or of all replacements (soak, more than the clients).
+            let clients = (report.connected as f64).max(r.resumed.get() as f64);
             (clients > 0.0).then(|| {
                 let within = h.count_between(0, 5_000_000) as f64;
                 within / clients * 100.0
@@ -276,6 +306,79 @@ pub async fn run(
         },
     });
     Ok(report)
+}
+
+/// `soak`: replaces clients and samples the server once a second.
+struct Sampler {
+    started: Instant,
+    next: Instant,
+    per_second: usize,
+    cursor: usize,
+    connections: usize,
+    warmup: Duration,
+    replaced: u64,
+    samples: Vec<super::report::SoakSample>,
+}
+
+impl Sampler {
+    fn new(args: &SoakArgs, connections: usize, started: Instant) -> Self {
+        Self {
+            started,
+            next: started + Duration::from_secs(1),
+            per_second: ((connections as f64 * args.replace_percent / 100.0).round() as usize)
+                .min(connections),
+            cursor: 0,
+            connections,
+            warmup: Duration::from_secs_f64(args.warmup_secs.max(0.0)),
+            replaced: 0,
+            samples: Vec::new(),
+        }
+    }
+
+    fn every_second(&mut self, resume: &Resume, shared: &Shared, pid: Option<u32>) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next += Duration::from_secs(1);
+        for _ in 0..self.per_second {
+            if let Some(kick) = resume.kicks.get(self.cursor % self.connections) {
+                kick.notify_one();
+                self.replaced += 1;
+            }
+            self.cursor += 1;
+        }
+        let p99 = {
+            let mut recent = shared.recent_latency.borrow_mut();
+            let p99 = (!recent.is_empty()).then(|| recent.value_at_quantile(0.99) as f64 / 1000.0);
+            recent.reset();
+            p99
+        };
+        self.samples.push(super::report::SoakSample {
+            secs: now.duration_since(self.started).as_secs_f64(),
+            rss_kib: procstat::of(pid).map(|s| s.rss_kib),
+            p99_ms: p99,
+            delivered: shared.delivered.get(),
+        });
+    }
+
+    fn finish(self, end: Option<procstat::Sample>) -> super::report::Soak {
+        let warm = self
+            .samples
+            .iter()
+            .find(|s| s.secs >= self.warmup.as_secs_f64())
+            .and_then(|s| s.rss_kib);
+        let end = end.map(|s| s.rss_kib);
+        super::report::Soak {
+            replaced: self.replaced,
+            rss_warm_kib: warm,
+            rss_end_kib: end,
+            rss_drift_percent: warm
+                .zip(end)
+                .map(|(w, e)| (e as f64 - w as f64) / w as f64 * 100.0),
+            samples: self.samples,
+        }
+    }
 }
 
 /// SIGKILLs `pid` (the victim of a stampede).

@@ -57,6 +57,24 @@ pub enum Scenario {
     /// `fanout` on a node that is SIGKILLed mid-run: every client resumes on a survivor after
     /// the last event it saw; loss, duplicates, order and resume times are counted.
     Stampede(StampedeArgs),
+    /// `fanout` for a long time while a share of the clients is replaced every second (each
+    /// closes and reconnects, resuming after its last event): server RSS and p99 sampled every
+    /// second, exact counts at the end.
+    Soak(SoakArgs),
+}
+
+/// `loadtest soak`.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// The fan-out (`--duration-secs` is the soak's length).
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// Percent of the connections replaced every second.
+    #[arg(long, default_value_t = 1.0)]
+    pub replace_percent: f64,
+    /// Seconds before the RSS is taken as the baseline for the drift.
+    #[arg(long, default_value_t = 60.0)]
+    pub warmup_secs: f64,
 }
 
 /// `loadtest stampede`.
@@ -235,11 +253,18 @@ pub async fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
         }
         Scenario::Fanout(a) => {
             let json = a.common.json;
-            (fanout::run(&a, None).await?, json)
+            (fanout::run(&a, fanout::Extra::None).await?, json)
         }
         Scenario::Stampede(a) => {
             let json = a.fanout.common.json;
-            (fanout::run(&a.fanout, Some(&a)).await?, json)
+            (
+                fanout::run(&a.fanout, fanout::Extra::Stampede(&a)).await?,
+                json,
+            )
+        }
+        Scenario::Soak(a) => {
+            let json = a.fanout.common.json;
+            (fanout::run(&a.fanout, fanout::Extra::Soak(&a)).await?, json)
         }
     };
     match report {
@@ -294,6 +319,7 @@ async fn connect_phase(
         dropped_connections: 0,
         delivery: None,
         resume: None,
+        soak: None,
     };
     Ok((opened.streams, report))
 }

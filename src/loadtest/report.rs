@@ -120,6 +120,37 @@ pub struct Report {
     /// The resumes after the victim died (`stampede` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resumes>,
+    /// The server over time, while clients were replaced (`soak` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
+}
+
+/// A soak's time series and its memory drift.
+#[derive(Debug, Clone, Serialize)]
+pub struct Soak {
+    /// Clients replaced (closed and resumed) over the run.
+    pub replaced: u64,
+    /// Server RSS once warmed up, KiB.
+    pub rss_warm_kib: Option<u64>,
+    /// Server RSS at the end, KiB.
+    pub rss_end_kib: Option<u64>,
+    /// `(end − warm) / warm`, %.
+    pub rss_drift_percent: Option<f64>,
+    /// One per second.
+    pub samples: Vec<SoakSample>,
+}
+
+/// The server at one moment of a soak.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSample {
+    /// Seconds since the first publish.
+    pub secs: f64,
+    /// Server RSS, KiB.
+    pub rss_kib: Option<u64>,
+    /// Publish → receive p99 over the last second, ms.
+    pub p99_ms: Option<f64>,
+    /// Deliveries so far.
+    pub delivered: u64,
 }
 
 /// How the clients of a killed node came back (`stampede`).
@@ -225,6 +256,17 @@ impl Report {
                     l.p50, l.p90, l.p99, l.max
                 );
             }
+        }
+        if let Some(s) = &self.soak {
+            let _ = writeln!(
+                out,
+                "  soak         {} clients replaced; RSS {} KiB after warm-up, {} KiB at the end ({}% drift); {} samples",
+                s.replaced,
+                s.rss_warm_kib.map_or("n/a".into(), |v| v.to_string()),
+                s.rss_end_kib.map_or("n/a".into(), |v| v.to_string()),
+                opt(s.rss_drift_percent, 1),
+                s.samples.len()
+            );
         }
         if self.dropped_connections > 0 {
             let _ = writeln!(
