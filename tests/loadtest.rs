@@ -18,6 +18,17 @@ fn loadtest(args: &[&str], env: &[(&str, &str)]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
+/// Every delivery owed arrived: `expected` of them, none lost, repeated, out of order or of
+/// another tenant.
+fn assert_exact(r: &Value, expected: u64) {
+    let d = &r["delivery"];
+    assert_eq!(d["expected"], expected, "{r}");
+    assert_eq!(d["delivered"], expected, "{r}");
+    for zero in ["lost", "duplicates", "reordered", "foreign"] {
+        assert_eq!(d[zero], 0, "{zero}: {r}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_through_redis_counts_every_delivery() {
     let redis = Redis::start();
@@ -49,17 +60,8 @@ async fn fanout_through_redis_counts_every_delivery() {
     assert_eq!(d["via"], "redis");
     assert_eq!(d["published"], 90);
     // 30 events per tenant, each to that tenant's 10 connections.
-    assert_eq!(d["expected"], 900);
-    assert_eq!(d["delivered"], 900);
-    for zero in [
-        "lost",
-        "duplicates",
-        "reordered",
-        "foreign",
-        "publish_errors",
-    ] {
-        assert_eq!(d[zero], 0, "{zero}: {r}");
-    }
+    assert_exact(&r, 900);
+    assert_eq!(d["publish_errors"], 0, "{r}");
     // Latency was measured per delivery: above zero, and no larger than the whole run could
     // make it (a publish time read from the wrong clock or unit would break either bound).
     let l = &d["latency_ms"];
@@ -199,11 +201,7 @@ async fn stampede_resumes_every_client_on_the_survivors_without_loss() {
     assert_eq!(d["published"], 300);
     // 30 events per tenant, each to that tenant's 20 connections: before, across and after
     // the resume.
-    assert_eq!(d["expected"], 6000);
-    assert_eq!(d["delivered"], 6000, "{r}");
-    for zero in ["lost", "duplicates", "reordered", "foreign"] {
-        assert_eq!(d[zero], 0, "{zero}: {r}");
-    }
+    assert_exact(&r, 6000);
     assert_eq!(r["resume"]["resumed"], 200, "{r}");
     assert_eq!(r["dropped_connections"], 0, "{r}");
     assert!(r["resume"]["latency_ms"]["max"].as_f64().unwrap() > 0.0);
@@ -251,11 +249,7 @@ async fn soak_replaces_clients_and_still_counts_every_delivery() {
     let d = &r["delivery"];
     assert_eq!(d["published"], 250);
     // 50 events per tenant, each to its 20 clients, however often each was replaced.
-    assert_eq!(d["expected"], 5000);
-    assert_eq!(d["delivered"], 5000, "{r}");
-    for zero in ["lost", "duplicates", "reordered", "foreign"] {
-        assert_eq!(d[zero], 0, "{zero}: {r}");
-    }
+    assert_exact(&r, 5000);
     let soak = &r["soak"];
     // 10 clients a second for about 5 s.
     let replaced = soak["replaced"].as_u64().unwrap();
