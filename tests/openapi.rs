@@ -273,6 +273,10 @@ async fn schemathesis_finds_no_failure() {
             !text.contains("Authentication failed"),
             "{name}: the credential was refused:\n{text}"
         );
+        println!(
+            "schemathesis, {name} operations: {} cases tried, failures 0",
+            tried.unwrap_or_default()
+        );
     }
     let log = node.log();
     assert!(!log.contains("panicked"), "the node panicked");
