@@ -158,8 +158,12 @@ async fn redis_restart_under_50_clients_loses_nothing(transport: Transport) {
             ))
         })
         .collect();
+    // Joined is not yet subscribed: the stats count a session while its tenant's subscription
+    // is still being made, and an event published then reaches none of the tenant's clients.
     eventually(WAIT, "50 clients connected", || async {
-        (admin_stats(node.port).await["totalConnections"] == 50).then_some(())
+        let joined = admin_stats(node.port).await["totalConnections"] == 50;
+        let subscribed = metric(node.port, "license_gateway_tenants_subscribed").await == 5.0;
+        (joined && subscribed).then_some(())
     })
     .await;
     // Readiness observed throughout.
@@ -585,8 +589,12 @@ async fn sentinel_failover_under_50_clients_loses_nothing() {
             ))
         })
         .collect();
+    // Joined is not yet subscribed: the stats count a session while its tenant's subscription
+    // is still being made, and an event published then reaches none of the tenant's clients.
     eventually(WAIT, "50 clients connected", || async {
-        (admin_stats(node.port).await["totalConnections"] == 50).then_some(())
+        let joined = admin_stats(node.port).await["totalConnections"] == 50;
+        let subscribed = metric(node.port, "license_gateway_tenants_subscribed").await == 5.0;
+        (joined && subscribed).then_some(())
     })
     .await;
 
