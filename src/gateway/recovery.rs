@@ -98,8 +98,12 @@ impl TenantStream {
     /// Records the history's newest id when the subscription came into place.
     pub fn set_baseline(&mut self, baseline: Option<EventId>) {
         self.baseline = baseline;
-        // Every event after the baseline arrives live from now on.
-        self.window.start_at(baseline);
+        // Every event after the baseline arrives live from now on. But the newest-id reply and
+        // a live event travel on different connections: an event published just after the
+        // read can be delivered before the baseline is set, and the window (not started then)
+        // did not keep it. So the window starts after whatever was delivered, or it would
+        // claim an event it never held.
+        self.window.start_at(self.last_id.max(baseline));
     }
 
     /// Rule 1 and 2: a live event, delivered in order, or held while a gap is open.
@@ -330,6 +334,22 @@ mod tests {
         assert_eq!(stream.position(), Some(id(5)));
         live(&mut stream, &sessions, 5);
         assert_eq!(drained(&outbox), ["e5"]);
+    }
+
+    /// Invariant: an event delivered live before the subscription's baseline was recorded (the
+    /// newest-id reply overtaken by the event's publication) is not claimed by the window, so
+    /// a resume from just before it reads the history instead of skipping it. Found by the
+    /// stampede test: five clients of a tenant lost the event published at the kill.
+    #[test]
+    fn the_window_starts_after_events_delivered_before_the_baseline() {
+        let (_outbox, sessions) = one_session();
+        let mut stream = TenantStream::new(crate::gateway::window::WindowLimits::default());
+        live(&mut stream, &sessions, 11);
+        stream.set_baseline(Some(id(10)));
+        assert_eq!(stream.window.after(id(10), std::time::Instant::now()), None);
+        live(&mut stream, &sessions, 12);
+        let served = stream.window.after(id(11), std::time::Instant::now());
+        assert_eq!(served.map(|e| e.len()), Some(1), "12 is held from 11 on");
     }
 
     /// Invariant: when the history cannot cover the gap (trimmed, lost), every session is told
