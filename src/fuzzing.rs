@@ -83,6 +83,30 @@ pub fn channel_payload(data: &[u8]) {
     }
 }
 
+/// The bytes a WebSocket client sends, read as frames in chunks of the sizes the first byte
+/// picks: whatever arrives, the reader holds at most one frame's header and payload beyond a
+/// message under assembly, each within the limit, and stops at the first refusal.
+pub fn ws_frames(data: &[u8]) {
+    use crate::gateway::websocket::frame::Reader;
+    const MAX: usize = 1024;
+    let Some((&chunk, data)) = data.split_first() else {
+        return;
+    };
+    let mut reader = Reader::default();
+    for piece in data.chunks(usize::from(chunk).max(1)) {
+        reader.extend(piece);
+        loop {
+            match reader.next(MAX) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        // Less than one whole frame (14-byte header, payload within the limit) is left over.
+        assert!(reader.held() < 2 * MAX + 14, "{} bytes held", reader.held());
+    }
+}
+
 /// Configuration values: `REDIS_URL`, `TRUSTED_PROXIES`, `ADMIN_API_KEYS`, and a whole command
 /// line (arguments separated by NUL bytes) with the checks `serve` runs on it.
 pub fn config_values(data: &[u8]) {
@@ -131,6 +155,11 @@ mod tests {
     #[test]
     fn client_frame_corpus() {
         corpus("client_frame", super::client_frame);
+    }
+
+    #[test]
+    fn ws_frames_corpus() {
+        corpus("ws_frames", super::ws_frames);
     }
 
     #[test]

@@ -857,3 +857,67 @@ async fn resume_replays_after_last_event_id_or_asks_for_resync(backend: Backend)
         }
     }
 }
+
+/// The upgrade done by hand on a bare socket: the `101` answer (accept key, subprotocol), then
+/// framing the gateway must refuse (RFC 6455 §5): an unmasked frame closes with 1002, a text
+/// frame that is not UTF-8 with 1007, each with a close frame; a valid client is served after.
+#[tokio::test]
+async fn framing_violations_close_with_1002_or_1007() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Deployment::start(Backend::Memory, &[]).await;
+    let token = tenant_token("acme");
+    // (the bytes sent after the upgrade, the close code expected)
+    let cases: [(Vec<u8>, u16); 2] = [
+        (b"\x81\x02hi".to_vec(), 1002),
+        // "\xff\xfe" masked with a zero mask.
+        (b"\x81\x82\x00\x00\x00\x00\xff\xfe".to_vec(), 1007),
+    ];
+    for (bytes, code) in cases {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", d.port()))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /ws/license HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: license.v1, bearer.{token}\r\n\r\n"
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The answer and `connected`.
+        while !String::from_utf8_lossy(&seen).contains("\"connected\"") {
+            let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut chunk))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen);
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        // RFC 6455 §1.3's example key and its accept value.
+        assert!(
+            text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Sec-WebSocket-Protocol: license.v1\r\n"),
+            "{text}"
+        );
+        socket.write_all(&bytes).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await;
+        // The close frame is the last thing on the wire: 0x88, a length, the code.
+        let at = rest
+            .windows(2)
+            .rposition(|w| w[0] == 0x88 && usize::from(w[1]) + 2 <= rest.len())
+            .unwrap_or_else(|| panic!("no close frame in {rest:02x?}"));
+        assert_eq!(u16::from_be_bytes([rest[at + 2], rest[at + 3]]), code);
+    }
+    let (mut client, _) = WsClient::connected(&d.ws_url(), &token).await;
+    client.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(client.next_json().await["type"], "pong");
+}

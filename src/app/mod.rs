@@ -228,7 +228,7 @@ async fn serve_http(
                 .header_read_timeout(header_timeout);
             let io = hyper_util::rt::TokioIo::new(Detachable::new(stream, takeover.clone()));
             {
-                let connection = builder.serve_connection(io, service).with_upgrades();
+                let connection = builder.serve_connection(io, service);
                 tokio::pin!(connection);
                 tokio::select! {
                     served = connection.as_mut() => {

@@ -4,13 +4,14 @@
 //! - [`node`]: the node's shared state ([`node::Node`]) and its connection accounting.
 //! - [`admission`]: what both connect routes check — origin, filter, token or ticket, limits.
 //! - [`upgrade`]: the `/ws/license` upgrade (token carriers, resume position);
-//!   [`websocket`]: the WebSocket transport.
+//!   [`websocket`]: the WebSocket transport and its framing.
 //! - [`sse`]: `/sse/license` and the Server-Sent Events transport; [`takeover`]: how that
 //!   route takes its connection from hyper.
 //! - [`transport`]: what a session needs from a transport; [`session`]: one session from
 //!   `connected` to its close, on either.
 //! - [`hub`]: tenant → sessions, subscriptions; [`recovery`]: ordering, dedup and gap fill of
-//!   a tenant's stream; [`outbox`]: a session's bounded queue.
+//!   a tenant's stream; [`outbox`]: a session's bounded queue and the socket the fan-out
+//!   writes to; [`wire`]: one frame as one vectored write, shared payload included.
 //! - [`lifecycle`]: the node's background tasks, and the drain at shutdown.
 //! - [`rate`]: the per-connection token bucket for client frames.
 //! - [`filter`]: per-connection event filters (`types`, `minSeverity`, `modules`).
@@ -30,6 +31,7 @@ pub mod transport;
 pub mod upgrade;
 pub mod websocket;
 pub mod window;
+pub mod wire;
 
 use std::time::Duration;
 

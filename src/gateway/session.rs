@@ -15,10 +15,11 @@ use tokio::time::Instant;
 
 use super::hub::Membership;
 use super::node::{ConnectionGuard, Node};
-use super::outbox::Next;
+use super::outbox::{Outbox, QueueLimits};
 use super::rate::TokenBucket;
 use super::recovery::resync_reason;
-use super::transport::{Frame, Incoming, Transport};
+use super::transport::{Incoming, Transport};
+use super::wire::Out;
 use crate::auth::{AuthError, Claims};
 use crate::engine::{History, Position};
 use crate::metrics;
@@ -27,6 +28,10 @@ use crate::protocol::{ClientMessage, CloseReason, EventId, ResyncReason, ServerM
 
 /// Events read from the history at a time during a resume.
 const REPLAY_PAGE: usize = 100;
+
+/// How long the server's last frame, and then the client's part of the close, may take: a peer
+/// that never reads costs the node at most this long.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything the route learned before the session starts.
 pub struct Handshake {
@@ -85,7 +90,7 @@ async fn open<W: Transport>(
     let kind = W::KIND;
     if let Some(reason) = handshake.refuse {
         metrics::closed(kind.label(), Some(reason));
-        socket.close(reason).await;
+        refuse(&mut socket, reason).await;
         return None;
     }
     let (tenant, claims) = match handshake.auth {
@@ -94,7 +99,7 @@ async fn open<W: Transport>(
             tracing::info!(reason = error.label(), "connection refused");
             metrics::auth_failed(error.label());
             metrics::closed(kind.label(), Some(error.close_reason()));
-            socket.close(error.close_reason()).await;
+            refuse(&mut socket, error.close_reason()).await;
             return None;
         }
     };
@@ -103,21 +108,40 @@ async fn open<W: Transport>(
         .join(&tenant, claims.user.as_deref(), handshake.filter)
         .await
     {
-        Ok(membership) => Some(Live {
-            socket,
-            node,
-            membership,
-            expires_at: claims.expires_at,
-            resume: handshake.last_event_id,
-            _guard: handshake.guard,
-        }),
+        Ok(membership) => {
+            let (wire, head) = socket.wire();
+            membership.outbox.attach(wire, head);
+            Some(Live {
+                socket,
+                node,
+                membership,
+                expires_at: claims.expires_at,
+                resume: handshake.last_event_id,
+                _guard: handshake.guard,
+            })
+        }
         Err(error) => {
             tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
             metrics::closed(kind.label(), Some(CloseReason::TryAgainLater));
-            socket.close(CloseReason::TryAgainLater).await;
+            refuse(&mut socket, CloseReason::TryAgainLater).await;
             None
         }
     }
+}
+
+/// Closes a connection that never became a session (it has no outbox of its own yet).
+async fn refuse<W: Transport>(socket: &mut W, reason: CloseReason) {
+    let outbox = Outbox::new(QueueLimits::messages(1));
+    let (wire, head) = socket.wire();
+    outbox.attach(wire, head);
+    hang_up(socket, &outbox, reason.into()).await;
+}
+
+/// The server's last frame, the client's part of the close, then the end of the connection.
+async fn hang_up<W: Transport>(socket: &mut W, outbox: &Outbox, last: Out) {
+    outbox.finish(last, CLOSE_GRACE).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, socket.closed()).await;
+    outbox.shutdown();
 }
 
 /// The session's log span, made when first needed: an idle session that logs nothing would
@@ -194,18 +218,24 @@ impl<W: Transport> Live<W> {
                 membership: &self.membership,
                 span: &span,
                 expires_at: self.expires_at,
-                last_sent: None,
             };
             let reason = session.serve(self.resume.as_deref()).await;
             node.hub.leave(&self.membership);
             metrics::session_ended(W::KIND.label());
             metrics::closed(W::KIND.label(), reason);
-            if let Some(reason) = reason {
-                session_event!(span, INFO, reason = reason.label(), "closing session");
-                let closing = Box::pin(self.socket.close(reason));
+            let last = match reason {
+                Some(reason) => {
+                    session_event!(span, INFO, reason = reason.label(), "closing session");
+                    Some(Out::from(reason))
+                }
+                None => {
+                    session_event!(span, DEBUG, "session ended by the client");
+                    self.socket.peer_close()
+                }
+            };
+            if let Some(last) = last {
+                let closing = Box::pin(hang_up(&mut self.socket, &self.membership.outbox, last));
                 closing.await;
-            } else {
-                session_event!(span, DEBUG, "session ended by the client");
             }
             // Named so that the block captures all of `self`: it captures only the fields it
             // mentions, and the connection guard must live as long as the session.
@@ -221,8 +251,6 @@ struct Session<'a, W> {
     span: &'a SessionSpan<'a>,
     /// Token `exp`, Unix seconds.
     expires_at: u64,
-    /// Newest event id sent: live events not newer than it were already replayed.
-    last_sent: Option<EventId>,
 }
 
 impl<W: Transport> Session<'_, W> {
@@ -247,41 +275,47 @@ impl<W: Transport> Session<'_, W> {
             let timer = tokio::time::sleep_until(next_ping.min(expiry));
             tokio::pin!(timer);
             let outbox: Arc<_> = self.membership.outbox.clone();
+            // From here on the fan-out writes events to the socket itself while nothing waits
+            // in the queue; what queued up during the greeting and replay goes first.
+            outbox.go_live();
+            if !outbox.flush(ping_every).await {
+                return outbox.close_reason();
+            }
 
             loop {
                 tokio::select! {
                     biased;
-                    _ = outbox.notified() => loop {
-                        match outbox.next() {
-                            Next::Event(Some(id), _) if self.last_sent.is_some_and(|last| id <= last) => {}
-                            Next::Event(id, payload) => {
-                                if !self.send(Frame::Message(id, payload)).await {
-                                    // A write given up (stalled a whole ping interval) while
-                                    // the queue overflowed is a slow consumer, not a client
-                                    // that left. The stalled write is waited for rather than
-                                    // abandoned at the overflow: a client that reads again
-                                    // within the interval still gets the 1013 close frame.
-                                    return outbox.close_reason();
-                                }
-                                if id.is_some() {
-                                    self.last_sent = id;
-                                }
-                            }
-                            Next::Close(reason) => return Some(reason),
-                            Next::Empty => break,
+                    _ = outbox.notified() => {
+                        // A close request goes before queued events, which are dropped.
+                        if let Some(reason) = outbox.close_reason() {
+                            return Some(reason);
+                        }
+                        if !outbox.flush(ping_every).await {
+                            // A write given up (stalled a whole ping interval) while the queue
+                            // overflowed is a slow consumer, not a client that left. The stalled
+                            // write is waited for rather than abandoned at the overflow: a
+                            // client that reads again within the interval still gets the 1013
+                            // close frame.
+                            return outbox.close_reason();
                         }
                     },
                     incoming = self.socket.receive() => {
                         last_heard = Instant::now();
                         // Every frame counts, pings included: each costs the node work.
-                        if !matches!(incoming, Incoming::Gone | Incoming::TooBig)
+                        if !matches!(incoming, Incoming::Gone | Incoming::Violation(_))
                             && !bucket.take(rate, last_heard)
                         {
                             return Some(CloseReason::RateLimited);
                         }
                         match incoming {
                             Incoming::Gone => return None,
-                            Incoming::TooBig => return Some(CloseReason::MessageTooBig),
+                            Incoming::Violation(reason) => return Some(reason),
+                            Incoming::Ping(payload) => {
+                                if !self.send(Out::Pong(payload)).await {
+                                    // Gone, or a queue that overflowed behind a stalled reader.
+                                    return outbox.close_reason();
+                                }
+                            }
                             Incoming::Text(text) => {
                                 // Boxed: client frames are rare, and the handler's state would otherwise be
                                 // carried by every idle session.
@@ -314,8 +348,8 @@ impl<W: Transport> Session<'_, W> {
                                 session_event!(self.span, INFO, "peer silent for two ping intervals; dropping");
                                 return None;
                             }
-                            if !self.send(Frame::Heartbeat).await {
-                                return None;
+                            if !self.send(Out::Heartbeat).await {
+                                return outbox.close_reason();
                             }
                             next_ping = now + ping_every;
                         }
@@ -353,15 +387,19 @@ impl<W: Transport> Session<'_, W> {
         let unread = self.user_summary().await;
         // A fresh session's stream starts after the tenant's current position: the client gets
         // it in `connected`, so it can resume exactly even before its first event.
+        let outbox = &self.membership.outbox;
         if resume.is_none() {
             // Read when the outbox joined when possible: a position read now could already
             // include an event that is waiting in the outbox, which would then be skipped.
-            self.last_sent = self
+            let start = self
                 .membership
                 .start
                 .or_else(|| self.node.hub.position(self.membership.tenant()));
+            if let Some(start) = start {
+                outbox.mark_sent(start);
+            }
         }
-        let position = self.last_sent.map(|id| id.to_string());
+        let position = outbox.last_sent().map(|id| id.to_string());
         let connected = ServerMessage::Connected {
             tenant_id: self.membership.tenant(),
             connection_id: &self.span.connection_id(),
@@ -370,14 +408,14 @@ impl<W: Transport> Session<'_, W> {
             unread_count: unread,
         };
         if !self
-            .send(Frame::Message(None, connected.to_json().into()))
+            .send(Out::Message(None, connected.to_json().into()))
             .await
         {
             return false;
         }
         session_event!(self.span, DEBUG, "session connected");
         // The subscription is in place and the outbox is collecting live events, so replaying
-        // the history now leaves no gap; `last_sent` drops what both paths carry.
+        // the history now leaves no gap; the outbox drops what both paths carry.
         match resume {
             Some(resume) => self.replay(resume).await,
             None => true,
@@ -444,7 +482,7 @@ impl<W: Transport> Session<'_, W> {
             };
             if position == Position::Exact {
                 metrics::history_replay("replayed");
-                self.last_sent = Some(after);
+                self.membership.outbox.mark_sent(after);
             }
             for (id, payload) in page {
                 let meta = EventMeta::read(&payload);
@@ -456,10 +494,10 @@ impl<W: Transport> Session<'_, W> {
                         .filter
                         .as_ref()
                         .is_none_or(|f| f.allows(meta.as_ref()));
-                if wanted && !self.send(Frame::Message(Some(id), payload)).await {
+                if wanted && !self.send(Out::Message(Some(id), payload)).await {
                     return false;
                 }
-                self.last_sent = Some(id);
+                self.membership.outbox.mark_sent(id);
                 after = id;
                 replayed += 1;
             }
@@ -474,7 +512,7 @@ impl<W: Transport> Session<'_, W> {
     async fn resync(&mut self, reason: ResyncReason) -> bool {
         session_event!(self.span, DEBUG, reason = reason.text(), "resync required");
         metrics::history_replay("resync");
-        self.send(Frame::Message(None, reason.message())).await
+        self.send(Out::Message(None, reason.message())).await
     }
 
     /// When the token stops being valid on this connection: `exp` plus the leeway.
@@ -504,7 +542,7 @@ impl<W: Transport> Session<'_, W> {
                     timestamp: now_ms(),
                 }
                 .to_json();
-                if self.send(Frame::Message(None, pong.into())).await {
+                if self.send(Out::Message(None, pong.into())).await {
                     Ok(None)
                 } else {
                     Err(None)
@@ -538,7 +576,7 @@ impl<W: Transport> Session<'_, W> {
                 let ok = ServerMessage::AuthOk {
                     expires_at: claims.expires_at * 1000,
                 };
-                if self.send(Frame::Message(None, ok.to_json().into())).await {
+                if self.send(Out::Message(None, ok.to_json().into())).await {
                     Ok(Some(claims.expires_at))
                 } else {
                     Err(None)
@@ -552,24 +590,14 @@ impl<W: Transport> Session<'_, W> {
             code: "bad_request",
             message,
         };
-        self.send(Frame::Message(None, error.to_json().into()))
-            .await
+        self.send(Out::Message(None, error.to_json().into())).await
     }
 
-    /// Sends one frame; false when the peer is gone or did not take it within a ping interval
-    /// (a stalled reader must not pin the session forever).
-    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see `serve`
-    fn send(&mut self, frame: Frame) -> impl Future<Output = bool> {
-        async move {
-            let limit = self.node.settings.ping_interval;
-            let mut sending = std::pin::pin!(self.socket.send(frame));
-            // Fast path: a reader that keeps up takes the frame at once, with no timer armed. Only
-            // a stalled one gets the timeout, boxed so that idle sessions do not carry its state.
-            if let Some(sent) = futures_util::FutureExt::now_or_never(sending.as_mut()) {
-                return sent;
-            }
-            let stalled = Box::pin(tokio::time::timeout(limit, sending));
-            matches!(stalled.await, Ok(true))
-        }
+    /// Sends one frame and waits until the socket took it; false when the peer is gone or did
+    /// not take it within a ping interval (a stalled reader must not pin the session forever).
+    fn send(&mut self, out: Out) -> impl Future<Output = bool> + '_ {
+        self.membership
+            .outbox
+            .send(out, self.node.settings.ping_interval)
     }
 }

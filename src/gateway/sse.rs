@@ -8,14 +8,12 @@
 //! are `data:` lines without one; heartbeats are comment lines; a server-side close is a last
 //! `close` message with the WebSocket close code, then the end of the stream.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,7 +22,8 @@ use super::Node;
 use super::admission::{self, ConnectQuery, PeerAddr};
 use super::session;
 use super::takeover::Takeover;
-use super::transport::{Frame, Incoming, Transport, TransportKind};
+use super::transport::{Incoming, Transport, TransportKind};
+use super::wire::{Encoded, Framing, Out, Wire};
 use crate::auth::bearer_token;
 use crate::metrics;
 use crate::protocol::api_error::{ApiErrorBody, ApiErrorDetail};
@@ -40,9 +39,6 @@ const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
 
 /// A heartbeat: a comment line, which clients ignore and proxies see as traffic.
 const HEARTBEAT: &[u8] = b": ping\n\n";
-
-/// How long the closing message and the shutdown may take.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The SSE route, for any router state that can hand out the node.
 pub fn routes<S>() -> OpenApiRouter<S>
@@ -168,26 +164,17 @@ async fn sse_handler(
     // A stream's client never speaks, so a dead one shows only as unacknowledged writes: the
     // kernel gives up on it after two heartbeat intervals instead of its ~15-minute default.
     let give_up = node.settings.ping_interval * 2;
-    let taken = takeover.take(Box::new(move |stream| {
+    takeover.hand_over(Box::new(move |stream| {
         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(give_up)) {
             tracing::debug!(%error, "TCP_USER_TIMEOUT not set");
         }
         sessions.spawn(session::run(Sse::new(stream), node, handshake));
-    }));
-    if !taken {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "connection already taken",
-        )
-            .into_response();
-    }
-    // Discarded (the connection is taken); closing it lets hyper finish at once.
-    ([(header::CONNECTION, "close")], "").into_response()
+    }))
 }
 
 /// A session's transport over an SSE response.
 pub struct Sse {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     /// The response head is still to be written (with the first frame).
     head: bool,
 }
@@ -195,55 +182,63 @@ pub struct Sse {
 impl Sse {
     /// A stream whose response head has not been written yet.
     pub fn new(stream: TcpStream) -> Self {
-        Self { stream, head: true }
+        Self {
+            stream: Arc::new(stream),
+            head: true,
+        }
     }
+}
 
-    /// Writes as much of `frame` as the socket takes now; the rest, copied, when it did not
-    /// take it all. The common case is one vectored write of the shared payload between a
-    /// small prefix and suffix, with nothing copied.
-    fn write_now(&mut self, frame: &Frame) -> io::Result<Option<Vec<u8>>> {
-        let mut prefix = [0u8; 64];
-        let mut prefix_len = 0;
-        let mut lines: Option<Vec<u8>> = None;
-        let (body, suffix): (&[u8], &[u8]) = match frame {
-            Frame::Heartbeat => (HEARTBEAT, b""),
-            Frame::Message(id, payload) => {
-                let mut cursor = &mut prefix[..];
-                if let Some(id) = id {
-                    writeln!(cursor, "id: {id}")?;
-                }
-                cursor.write_all(b"data: ")?;
-                prefix_len = 64 - cursor.len();
-                let text = payload.as_str().as_bytes();
-                // Our JSON has no raw line breaks; a foreign publisher's pretty-printed JSON
-                // could, and each line must then be a `data:` line of its own.
-                if text.iter().any(|b| matches!(b, b'\n' | b'\r')) {
-                    lines = Some(data_lines(text));
-                }
-                (lines.as_deref().unwrap_or(text), b"\n\n")
+/// How a frame goes on the wire: `id:` and `data: ` made per write before the shared payload,
+/// a blank line after. A payload with raw line breaks (a foreign publisher's pretty-printed
+/// JSON; ours has none) is rewritten as one `data:` line per line.
+pub fn encode<'a>(out: &'a Out, prefix: &mut [u8; 64], owned: &'a mut Vec<u8>) -> Encoded<'a> {
+    match out {
+        Out::Message(id, payload) => {
+            let mut cursor = &mut prefix[..];
+            // An id is at most 41 characters: this always fits.
+            if let Some(id) = id {
+                let _ = writeln!(cursor, "id: {id}");
             }
-        };
-        let head: &[u8] = if self.head { RESPONSE_HEAD } else { b"" };
-        let parts = [head, &prefix[..prefix_len], body, suffix];
-        let slices = parts.map(IoSlice::new);
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let written = match self.stream.try_write_vectored(&slices) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
-        };
-        self.head = false;
-        if written == total {
-            return Ok(None);
+            let _ = cursor.write_all(b"data: ");
+            let prefix_len = 64 - cursor.len();
+            let text = payload.as_str().as_bytes();
+            let body: &'a [u8] = if text.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+                *owned = data_lines(text);
+                owned
+            } else {
+                text
+            };
+            Encoded {
+                prefix_len,
+                body,
+                suffix: b"\n\n",
+            }
         }
-        let mut rest = Vec::with_capacity(total - written);
-        let mut skip = written;
-        for part in parts {
-            let from = skip.min(part.len());
-            rest.extend_from_slice(&part[from..]);
-            skip -= from;
+        Out::Heartbeat => Encoded {
+            prefix_len: 0,
+            body: HEARTBEAT,
+            suffix: b"",
+        },
+        // An SSE client never pings.
+        Out::Pong(_) => Encoded {
+            prefix_len: 0,
+            body: b"",
+            suffix: b"",
+        },
+        Out::Close(code, reason) => {
+            let message = ServerMessage::Close {
+                code: *code,
+                reason,
+            }
+            .to_json();
+            *owned = format!("data: {message}\n\n").into_bytes();
+            Encoded {
+                prefix_len: 0,
+                body: owned,
+                suffix: b"",
+            }
         }
-        Ok(Some(rest))
     }
 }
 
@@ -270,12 +265,9 @@ impl Transport for Sse {
     const KIND: TransportKind = TransportKind::Sse;
     const ANSWERS_HEARTBEATS: bool = false;
 
-    async fn send(&mut self, frame: Frame) -> bool {
-        match self.write_now(&frame) {
-            Ok(None) => true,
-            Ok(Some(rest)) => self.stream.write_all(&rest).await.is_ok(),
-            Err(_) => false,
-        }
+    fn wire(&mut self) -> (Wire, Option<Box<[u8]>>) {
+        let head = std::mem::take(&mut self.head).then(|| RESPONSE_HEAD.into());
+        (Wire::new(self.stream.clone(), Framing::Sse), head)
     }
 
     async fn receive(&mut self) -> Incoming {
@@ -298,16 +290,11 @@ impl Transport for Sse {
         }
     }
 
-    async fn close(&mut self, reason: CloseReason) {
-        let message = ServerMessage::Close {
-            code: reason.code(),
-            reason: reason.text(),
-        }
-        .to_json();
-        let closing = self.send(Frame::Message(None, message.into()));
-        let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.stream.shutdown()).await;
+    fn peer_close(&self) -> Option<Out> {
+        None
     }
+
+    async fn closed(&mut self) {}
 }
 
 #[cfg(test)]
@@ -326,22 +313,28 @@ mod tests {
     /// The wire format: head once, `id:` only on events, comments as heartbeats, the close.
     #[tokio::test]
     async fn frames_are_written_as_server_sent_events() {
+        use crate::gateway::outbox::{Outbox, QueueLimits};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let connecting = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(connecting, listener.accept());
         let mut client = client.unwrap();
         let mut sse = Sse::new(accepted.unwrap().0);
-        assert!(
-            sse.send(Frame::Message(None, "{\"type\":\"connected\"}".into()))
-                .await
-        );
+        let outbox = Outbox::new(QueueLimits::messages(8));
+        let (wire, head) = sse.wire();
+        outbox.attach(wire, head);
+        let stall = std::time::Duration::from_secs(1);
+        let connected = Out::Message(None, "{\"type\":\"connected\"}".into());
+        assert!(outbox.send(connected, stall).await);
         let id = "5-1".parse().unwrap();
         assert!(
-            sse.send(Frame::Message(Some(id), "{\"id\":\"5-1\"}".into()))
+            outbox
+                .send(Out::Message(Some(id), "{\"id\":\"5-1\"}".into()), stall)
                 .await
         );
-        assert!(sse.send(Frame::Heartbeat).await);
-        sse.close(CloseReason::TokenExpired).await;
+        assert!(outbox.send(Out::Heartbeat, stall).await);
+        outbox.finish(CloseReason::TokenExpired.into(), stall).await;
+        outbox.shutdown();
+        drop(outbox);
         drop(sse);
         let mut seen = String::new();
         client.read_to_string(&mut seen).await.unwrap();

@@ -6,9 +6,9 @@
 //! the response itself.
 //!
 //! Every connection of the accept loop goes through a [`Detachable`] socket with a
-//! [`Takeover`] slot that its requests can reach (a request extension). A WebSocket upgrade
-//! tells the slot, and the socket lets go of it, so an upgraded session carries no extra
-//! allocation.
+//! [`Takeover`] slot that its requests can reach (a request extension). The WebSocket route
+//! takes its connection the same way: a session owns its bare socket, which the fan-out writes
+//! to directly.
 
 use std::io;
 use std::pin::Pin;
@@ -23,8 +23,6 @@ use tokio::net::TcpStream;
 const SERVING: u8 = 0;
 /// A route took the connection: hyper's output is discarded.
 const TAKEN: u8 = 1;
-/// The connection is being upgraded to a WebSocket: the slot no longer matters.
-const UPGRADED: u8 = 2;
 
 /// What a route that took the connection runs once hyper has let go of its socket.
 pub type Handoff = Box<dyn FnOnce(TcpStream) + Send>;
@@ -42,7 +40,7 @@ impl Takeover {
     /// Takes the connection: whatever hyper writes from now on is discarded, and `then` runs
     /// with the socket once hyper has finished with it. The route's response should close the
     /// connection (`Connection: close`), so hyper finishes at once. False when the connection
-    /// was already taken or upgraded.
+    /// was already taken.
     pub fn take(&self, then: Handoff) -> bool {
         let mut parts = self.lock();
         if self
@@ -56,11 +54,19 @@ impl Takeover {
         true
     }
 
-    /// The connection becomes a WebSocket: its socket stops consulting this slot.
-    pub fn upgrading(&self) {
-        let _ = self
-            .state
-            .compare_exchange(SERVING, UPGRADED, Ordering::AcqRel, Ordering::Acquire);
+    /// Takes the connection for `then` (see [`Takeover::take`]) and returns what hyper answers
+    /// meanwhile: a discarded response that closes the connection, so hyper finishes at once;
+    /// a 500 if the connection was already taken.
+    pub fn hand_over(&self, then: Handoff) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        if !self.take(then) {
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "connection already taken",
+            )
+                .into_response();
+        }
+        ([(axum::http::header::CONNECTION, "close")], "").into_response()
     }
 
     /// Called once hyper has dropped the connection: runs the handoff with the socket, if a
@@ -84,8 +90,7 @@ impl Takeover {
 /// A connection's socket as hyper sees it: the TCP stream, until a route takes it.
 pub struct Detachable {
     stream: Option<TcpStream>,
-    /// Dropped once the connection is upgraded.
-    takeover: Option<Arc<Takeover>>,
+    takeover: Arc<Takeover>,
 }
 
 impl Detachable {
@@ -93,18 +98,14 @@ impl Detachable {
     pub fn new(stream: TcpStream, takeover: Arc<Takeover>) -> Self {
         Self {
             stream: Some(stream),
-            takeover: Some(takeover),
+            takeover,
         }
     }
 
     /// The stream while hyper may use it; `None` once a route took the connection.
     fn serving(&mut self) -> Option<&mut TcpStream> {
-        if let Some(takeover) = &self.takeover {
-            match takeover.state.load(Ordering::Acquire) {
-                TAKEN => return None,
-                UPGRADED => self.takeover = None,
-                _ => {}
-            }
+        if self.takeover.state.load(Ordering::Acquire) == TAKEN {
+            return None;
         }
         self.stream.as_mut()
     }
@@ -169,10 +170,8 @@ impl AsyncWrite for Detachable {
 
 impl Drop for Detachable {
     fn drop(&mut self) {
-        if let Some(takeover) = &self.takeover
-            && takeover.state.load(Ordering::Acquire) == TAKEN
-        {
-            takeover.lock().1 = self.stream.take();
+        if self.takeover.state.load(Ordering::Acquire) == TAKEN {
+            self.takeover.lock().1 = self.stream.take();
         }
     }
 }
@@ -218,18 +217,5 @@ mod tests {
         let mut seen = String::new();
         client.read_to_string(&mut seen).await.unwrap();
         assert_eq!(seen, "before after");
-    }
-
-    /// An upgraded connection's socket lets go of the slot and is not taken.
-    #[tokio::test]
-    async fn an_upgraded_connection_cannot_be_taken() {
-        let (_client, server) = pair().await;
-        let takeover = Arc::new(Takeover::default());
-        let mut io = Detachable::new(server, takeover.clone());
-        takeover.upgrading();
-        io.write_all(b"x").await.unwrap();
-        assert!(io.takeover.is_none());
-        assert!(!takeover.take(Box::new(|_| {})));
-        assert_eq!(Arc::strong_count(&takeover), 1);
     }
 }

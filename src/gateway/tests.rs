@@ -1,20 +1,21 @@
 //! In-process tests of the node over the embedded engine: the hub's subscription and position
-//! contracts, and whole sessions driven through a channel socket (axum's testing-websockets
-//! pattern). Each test names the invariant it guards; they run in milliseconds. The
+//! contracts, and whole sessions on a loopback socket past the HTTP upgrade, read by a
+//! tungstenite client. Each test names the invariant it guards; they run in milliseconds. The
 //! real-process suites in `tests/` prove the same behaviour end to end.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, PollSender};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::session::{self, Handshake};
@@ -76,48 +77,10 @@ async fn publish(engine: &MemoryEngine, tenant: &str, n: u64) -> Published {
     engine.publish(&draft).await.expect("publish")
 }
 
-/// The session's socket: frames from the test in, frames to the test out through a bounded
-/// channel, so a test can hold the session at a send until it reads.
-struct ChannelSocket {
-    incoming: mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
-    outgoing: PollSender<Message>,
-}
-
-fn gone<E>(_: E) -> axum::Error {
-    axum::Error::new("test client gone")
-}
-
-impl Stream for ChannelSocket {
-    type Item = Result<Message, axum::Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.incoming.poll_recv(cx)
-    }
-}
-
-impl Sink<Message> for ChannelSocket {
-    type Error = axum::Error;
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.outgoing).poll_ready(cx).map_err(gone)
-    }
-    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-        Pin::new(&mut self.outgoing).start_send(item).map_err(gone)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.outgoing).poll_flush(cx).map_err(gone)
-    }
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.outgoing).poll_close(cx).map_err(gone)
-    }
-}
-
 /// The test's end of a session.
 struct Client {
-    to_server: mpsc::UnboundedSender<Result<Message, axum::Error>>,
-    from_server: mpsc::Receiver<Message>,
+    ws: WebSocketStream<TcpStream>,
 }
-
-/// Frames the test can leave unread before the session waits at a send.
-const SOCKET_BUFFER: usize = 64;
 
 impl Client {
     /// Opens a session of `tenant` on `node`, resuming after `last` when given.
@@ -125,31 +88,12 @@ impl Client {
         Self::open_as(node, &token(tenant), last).await
     }
 
-    /// Opens a session with `token`.
+    /// Opens a session with `token`. The HTTP upgrade is the route's (tests/conformance.rs):
+    /// the session starts on a socket past it.
     async fn open_as(node: &Arc<Node>, token: &str, last: Option<&str>) -> Self {
-        let (outgoing, from_server) = mpsc::channel(SOCKET_BUFFER);
-        Self::open_on(node, token, last, outgoing, from_server).await
-    }
-
-    /// Like [`Client::open`], but the session's first send (`connected`) waits until the
-    /// test has read a placeholder frame: the session has joined the hub by then, and reads
-    /// the history only after.
-    async fn open_gated(node: &Arc<Node>, tenant: &str, last: Option<&str>) -> Self {
-        let (outgoing, from_server) = mpsc::channel(1);
-        outgoing
-            .try_send(Message::Ping(Default::default()))
-            .expect("room for the placeholder");
-        Self::open_on(node, &token(tenant), last, outgoing, from_server).await
-    }
-
-    async fn open_on(
-        node: &Arc<Node>,
-        token: &str,
-        last: Option<&str>,
-        outgoing: mpsc::Sender<Message>,
-        from_server: mpsc::Receiver<Message>,
-    ) -> Self {
-        let (to_server, incoming) = mpsc::unbounded_channel();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
         let handshake = Handshake {
             auth: node.verifier.verify_tenant(token).await,
             refuse: None,
@@ -157,22 +101,20 @@ impl Client {
             last_event_id: last.map(str::to_owned),
             filter: None,
         };
-        let socket = ChannelSocket {
-            incoming,
-            outgoing: PollSender::new(outgoing),
-        };
-        tokio::spawn(session::run(WebSocket(socket), node.clone(), handshake));
-        Self {
-            to_server,
-            from_server,
-        }
+        let (server, _) = accepted.expect("accept");
+        let socket = WebSocket::new(server, None, node.settings.max_frame_bytes);
+        tokio::spawn(session::run(socket, node.clone(), handshake));
+        let ws =
+            WebSocketStream::from_raw_socket(client.expect("connect"), Role::Client, None).await;
+        Self { ws }
     }
 
     async fn next(&mut self) -> Message {
-        tokio::time::timeout(Duration::from_secs(2), self.from_server.recv())
+        tokio::time::timeout(Duration::from_secs(2), self.ws.next())
             .await
             .expect("a frame within 2 s")
             .expect("session open")
+            .expect("a readable frame")
     }
 
     async fn json(&mut self) -> Value {
@@ -184,19 +126,22 @@ impl Client {
 
     /// Nothing more arrives for a short while.
     async fn silent(&mut self) {
-        let more = tokio::time::timeout(Duration::from_millis(50), self.from_server.recv()).await;
+        let more = tokio::time::timeout(Duration::from_millis(50), self.ws.next()).await;
         assert!(more.is_err(), "unexpected frame: {more:?}");
     }
 
-    fn send(&self, value: Value) {
+    async fn send(&mut self, value: Value) {
         let text = Message::Text(value.to_string().into());
-        self.to_server.send(Ok(text)).expect("session open");
+        self.ws.send(text).await.expect("session open");
     }
 
     async fn expect_close(&mut self, code: u16, reason: &str) {
         match self.next().await {
             Message::Close(Some(frame)) => {
-                assert_eq!((frame.code, frame.reason.as_str()), (code, reason));
+                assert_eq!(
+                    (u16::from(frame.code), frame.reason.as_str()),
+                    (code, reason)
+                );
             }
             other => panic!("expected close {code}, got {other:?}"),
         }
@@ -243,19 +188,25 @@ async fn resume_replays_after_the_id_then_goes_live_without_duplicates() {
 /// from the history replay is sent once: the switch from history to live has no duplicate.
 #[tokio::test]
 async fn an_event_both_replayed_and_live_is_sent_once() {
-    let (node, engine) = node(100).await;
-    let first = publish(&engine, "acme", 1).await.id.to_string();
+    let broker = Arc::new(TestBroker::new(TestBroker::GATED));
+    let node = node_over(broker.clone(), Arc::new(MemoryEngine::new(test_history()))).await;
+    let engine = &broker.inner;
+    let first = publish(engine, "acme", 1).await.id.to_string();
+    let second = publish(engine, "acme", 2).await.id.to_string();
+    // Subscribed from here: the node's window of recent events starts after `second`, so a
+    // resume from `first` reads the history (and waits at the gate).
     let mut holder = Client::open(&node, "acme", None).await;
     holder.json().await;
-    let mut client = Client::open_gated(&node, "acme", Some(&first)).await;
-    tokio::task::yield_now().await;
-    // Joined, not yet replayed: this event goes into the outbox and into the history.
-    let both = publish(&engine, "acme", 2).await.id.to_string();
-    assert!(matches!(client.next().await, Message::Ping(_)));
+    let mut client = Client::open(&node, "acme", Some(&first)).await;
     assert_eq!(client.json().await["type"], "connected");
+    // Joined, not yet replayed: this event goes into the outbox and into the history.
+    let both = publish(engine, "acme", 3).await.id.to_string();
+    assert_eq!(holder.json().await["id"], both, "fanned out");
+    broker.gate.add_permits(Semaphore::MAX_PERMITS);
+    assert_eq!(client.json().await["id"], second);
     assert_eq!(client.json().await["id"], both, "replayed from the history");
     client.silent().await;
-    let next = publish(&engine, "acme", 3).await.id.to_string();
+    let next = publish(engine, "acme", 4).await.id.to_string();
     assert_eq!(client.json().await["id"], next);
 }
 
@@ -340,17 +291,21 @@ async fn client_messages_and_in_band_refresh() {
     let (node, _engine) = node(10).await;
     let mut client = Client::open(&node, "acme", None).await;
     client.json().await;
-    client.send(json!({"type": "ping"}));
+    client.send(json!({"type": "ping"})).await;
     assert_eq!(client.json().await["type"], "pong");
-    client.send(json!({"type": "shout"}));
+    client.send(json!({"type": "shout"})).await;
     let error = client.json().await;
     assert_eq!(
         (error["type"].as_str(), error["code"].as_str()),
         (Some("error"), Some("bad_request"))
     );
-    client.send(json!({"type": "auth", "token": token("acme")}));
+    client
+        .send(json!({"type": "auth", "token": token("acme")}))
+        .await;
     assert_eq!(client.json().await["type"], "auth_ok");
-    client.send(json!({"type": "auth", "token": token("globex")}));
+    client
+        .send(json!({"type": "auth", "token": token("globex")}))
+        .await;
     client.expect_close(1008, "invalid token").await;
 }
 
@@ -369,14 +324,40 @@ async fn drain_closes_sessions_with_going_away() {
     b.expect_close(1001, "going away").await;
 }
 
-/// A broker whose history cannot be read: subscribing works, reading the newest id fails.
-struct NoHistory {
+fn test_history() -> HistoryConfig {
+    HistoryConfig {
+        size: 10,
+        ttl: Duration::from_secs(60),
+        ..HistoryConfig::default()
+    }
+}
+
+/// A broker over the embedded engine that can fail or hold back history reads: with
+/// [`TestBroker::NO_NEWEST`] reading the newest id fails (subscriptions are only counted);
+/// with [`TestBroker::GATED`] a history page waits until the test adds permits to `gate`.
+struct TestBroker {
     inner: MemoryEngine,
     subscribed: AtomicUsize,
+    mode: u8,
+    gate: Semaphore,
+}
+
+impl TestBroker {
+    const NO_NEWEST: u8 = 1;
+    const GATED: u8 = 2;
+
+    fn new(mode: u8) -> Self {
+        Self {
+            inner: MemoryEngine::new(test_history()),
+            subscribed: AtomicUsize::new(0),
+            mode,
+            gate: Semaphore::new(0),
+        }
+    }
 }
 
 #[async_trait]
-impl Broker for NoHistory {
+impl Broker for TestBroker {
     async fn start(
         &self,
         sink: std::sync::Weak<dyn EventSink>,
@@ -398,16 +379,25 @@ impl Broker for NoHistory {
     async fn publish_control(&self, tenant: &str, control: &Control) -> Result<(), EngineError> {
         self.inner.publish_control(tenant, control).await
     }
-    async fn subscribe(&self, _: &str) -> Result<(), EngineError> {
+    async fn subscribe(&self, tenant: &str) -> Result<(), EngineError> {
         self.subscribed.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        if self.mode == Self::NO_NEWEST {
+            return Ok(());
+        }
+        self.inner.subscribe(tenant).await
     }
-    async fn unsubscribe(&self, _: &str) -> Result<(), EngineError> {
+    async fn unsubscribe(&self, tenant: &str) -> Result<(), EngineError> {
         self.subscribed.fetch_sub(1, Ordering::SeqCst);
-        Ok(())
+        if self.mode == Self::NO_NEWEST {
+            return Ok(());
+        }
+        self.inner.unsubscribe(tenant).await
     }
-    async fn newest_id(&self, _: &str) -> Result<Option<EventId>, EngineError> {
-        Err(EngineError::Unavailable("history down".into()))
+    async fn newest_id(&self, tenant: &str) -> Result<Option<EventId>, EngineError> {
+        if self.mode == Self::NO_NEWEST {
+            return Err(EngineError::Unavailable("history down".into()));
+        }
+        self.inner.newest_id(tenant).await
     }
     async fn history_page(
         &self,
@@ -416,6 +406,9 @@ impl Broker for NoHistory {
         position: Position,
         limit: usize,
     ) -> Result<History, EngineError> {
+        if self.mode == Self::GATED {
+            let _ = self.gate.acquire().await;
+        }
         self.inner
             .history_page(tenant, after, position, limit)
             .await
@@ -429,16 +422,8 @@ impl Broker for NoHistory {
 /// read, the subscription just made is undone and the session is refused.
 #[tokio::test]
 async fn a_half_made_subscription_is_undone() {
-    let config = HistoryConfig {
-        size: 10,
-        ttl: Duration::from_secs(60),
-        ..HistoryConfig::default()
-    };
-    let broker = Arc::new(NoHistory {
-        inner: MemoryEngine::new(config),
-        subscribed: AtomicUsize::new(0),
-    });
-    let node = node_over(broker.clone(), Arc::new(MemoryEngine::new(config))).await;
+    let broker = Arc::new(TestBroker::new(TestBroker::NO_NEWEST));
+    let node = node_over(broker.clone(), Arc::new(MemoryEngine::new(test_history()))).await;
     assert!(node.hub.join("acme", None, None).await.is_err());
     assert_eq!(broker.subscribed.load(Ordering::SeqCst), 0);
     assert!(node.hub.tenant_connections().is_empty());
@@ -466,7 +451,8 @@ async fn revocation_closes_exactly_the_named_connections() {
     alice.expect_close(1008, "revoked").await;
     bob.silent().await;
     other.silent().await;
-    bob.send(json!({"type": "auth", "token": token_for("acme", Some("mallory"))}));
+    bob.send(json!({"type": "auth", "token": token_for("acme", Some("mallory"))}))
+        .await;
     bob.expect_close(1008, "invalid token").await;
     let mut carol = Client::open_as(&node, &token_for("acme", None), None).await;
     carol.json().await;

@@ -1,13 +1,15 @@
-//! `GET /ws/license`: the token (from one of three carriers) and the resume position, the
-//! checks both transports share ([`super::admission`]), then the upgrade into a session task of
-//! its own.
+//! `GET /ws/license`: the upgrade request's checks (RFC 6455 §4.2.1), the token (from one of
+//! three carriers) and the resume position, the checks both transports share
+//! ([`super::admission`]), then the session in a task of its own. The route takes the
+//! connection from hyper ([`super::takeover`]) instead of using hyper's upgrade: the session
+//! owns the bare socket, which the fan-out writes to directly ([`super::outbox`]), and the
+//! `101` answer goes out with the first frame.
 
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRef, Query, State};
-use axum::http::{HeaderMap, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -26,6 +28,48 @@ where
     Arc<Node>: FromRef<S>,
 {
     OpenApiRouter::new().routes(routes!(ws_handler))
+}
+
+/// Whether the comma-separated `name` header lists `token` (case-insensitive).
+fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `101 Switching Protocols` answer to a valid upgrade request, or why it is refused (400).
+fn handshake(headers: &HeaderMap) -> Result<Box<[u8]>, &'static str> {
+    let refuse = Err;
+    if !lists(headers, header::CONNECTION, "upgrade")
+        || !lists(headers, header::UPGRADE, "websocket")
+    {
+        return refuse("not a WebSocket upgrade");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return refuse("Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse("Sec-WebSocket-Key is missing");
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // The browser client offers `license.v1` beside its token; a client that offered it gets
+    // it back, as browsers require of a server that picks a subprotocol.
+    let protocol = if lists(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+        format!("Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n")
+    } else {
+        String::new()
+    };
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
+    );
+    Ok(head.into_bytes().into_boxed_slice())
 }
 
 /// The value of the first subprotocol entry with `prefix`.
@@ -75,8 +119,20 @@ async fn ws_handler(
     Query(query): Query<ConnectQuery>,
     takeover: Option<axum::Extension<Arc<Takeover>>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Checked before admission, which may use up a ticket.
+    let head = match handshake(&headers) {
+        Ok(head) => head,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    let Some(axum::Extension(takeover)) = takeover else {
+        // Only the node's own listener can hand a connection over.
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "the connection cannot be upgraded",
+        )
+            .into_response();
+    };
     let request = admission::Request {
         peer,
         headers: &headers,
@@ -88,27 +144,10 @@ async fn ws_handler(
         Ok(handshake) => handshake,
         Err(refusal) => return refusal,
     };
-    // The socket is hyper's to hand over as an upgrade: it need not stay ready to be taken.
-    if let Some(axum::Extension(takeover)) = takeover {
-        takeover.upgrading();
-    }
-    let frame = node.settings.max_frame_bytes;
+    let max_frame = node.settings.max_frame_bytes;
     let sessions = node.sessions.clone();
-    upgrade
-        .protocols([SUBPROTOCOL])
-        // Small buffers: tungstenite's 128 KiB defaults cost ~130 KiB per idle connection. The
-        // read chunk is what an idle connection keeps; the buffer grows for a larger frame, and
-        // client frames are few and small (a ping is 21 bytes, a refresh a few hundred). 64 B
-        // instead of 1 KiB saved ~0.25 KiB each.
-        .read_buffer_size(frame.min(64))
-        .write_buffer_size(0)
-        .max_write_buffer_size(64 * 1024)
-        .max_message_size(frame)
-        .max_frame_size(frame)
-        // The session gets a task of its own, and axum's upgrade task ends: awaited inside it,
-        // the session would be stored beside the slots axum keeps for the socket and config.
-        .on_upgrade(move |socket| {
-            sessions.spawn(session::run(WebSocket(socket), node, handshake));
-            std::future::ready(())
-        })
+    takeover.hand_over(Box::new(move |stream| {
+        let socket = WebSocket::new(stream, Some(head), max_frame);
+        sessions.spawn(session::run(socket, node, handshake));
+    }))
 }

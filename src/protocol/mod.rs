@@ -41,6 +41,10 @@ pub enum CloseReason {
     Revoked,
     /// The client sent frames faster than its rate allows.
     RateLimited,
+    /// The client broke a rule of WebSocket framing (unmasked frame, reserved bits, …).
+    ProtocolError,
+    /// The client sent a text message that is not UTF-8.
+    InvalidText,
 }
 
 impl CloseReason {
@@ -54,6 +58,8 @@ impl CloseReason {
             | Self::RateLimited => 1008,
             Self::MessageTooBig => 1009,
             Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
+            Self::InvalidText => 1007,
             Self::TryAgainLater | Self::SlowConsumer => 1013,
         }
     }
@@ -70,6 +76,8 @@ impl CloseReason {
             Self::SlowConsumer => "slow consumer",
             Self::Revoked => "revoked",
             Self::RateLimited => "rate limited",
+            Self::ProtocolError => "protocol error",
+            Self::InvalidText => "invalid utf-8",
         }
     }
 
@@ -85,6 +93,8 @@ impl CloseReason {
             Self::SlowConsumer => "slow_consumer",
             Self::Revoked => "revoked",
             Self::RateLimited => "rate_limited",
+            Self::ProtocolError => "protocol_error",
+            Self::InvalidText => "invalid_text",
         }
     }
 }
