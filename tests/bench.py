@@ -85,6 +85,15 @@ SCENARIOS = {
     ),
     # A node holding 10,000 connections over 100 tenants is SIGKILLed 3 s into 100 events/s;
     # every client resumes on one of two survivors after the last event it saw (#20).
+    # Scale-out on one box: 8 nodes on one Redis, each held at 19,000 connections by a load
+    # generator of its own (100 tenants of its own, 25 events/s: 4,750 deliveries/s per node,
+    # 38,000/s in all), all at once. The arguments are each generator's.
+    "scaleout-8x19k": (
+        ["fanout", "--connections", "19000", "--tenants", "100", "--sources", "8",
+         "--rate", "25", "--duration-secs", "10", "--drain-secs", "10"],
+        {},
+        "scaleout",
+    ),
     "stampede-10k": (
         ["stampede", "--connections", "10000", "--tenants", "100", "--sources", "8",
          "--rate", "100", "--duration-secs", "10", "--kill-after-secs", "3", "--drain-secs", "20"],
@@ -318,11 +327,80 @@ def run_stampede(name, binary=BINARY):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def run_scaleout(name, binary=BINARY):
+    """scaleout-*: N gateways on one Redis, each with a load generator of its own (its own
+    tenants), all connecting, publishing and counting at once; one report summing the nodes
+    (counts) and taking the median node (per-connection and per-delivery costs) and the worst
+    node (latency)."""
+    args, gw_env, _ = SCENARIOS[name]
+    count = int(name.split("-")[1].split("x")[0])
+    work = tempfile.mkdtemp(prefix="lgw-bench-")
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", work],
+        stdout=subprocess.DEVNULL, preexec_fn=raise_fd_limit)
+    env = {"PATH": os.environ.get("PATH", ""), "HOST": "127.0.0.1", "JWT_SECRET": SECRET,
+           "REDIS_URL": f"redis://127.0.0.1:{redis_port}", "LOG_FORMAT": "json", **gw_env}
+    nodes = [start_gateway(binary, env, work, f"node-{i}") for i in range(count)]
+    try:
+        for _, port, _ in nodes:
+            wait_ready(port)
+        redis_cpu = cpu_secs(redis.pid)
+        generators = [subprocess.Popen(
+            [BINARY, "loadtest", *args, "--tenant-prefix", f"n{i}t", "--target",
+             f"127.0.0.1:{port}", "--server-pid", str(process.pid), "--json"],
+            env={**env, "RUST_LOG": "error"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, preexec_fn=raise_fd_limit) for i, (process, port, _) in enumerate(nodes)]
+        reports = []
+        for g in generators:
+            out, err = g.communicate(timeout=1800)
+            if g.returncode != 0:
+                raise RuntimeError(f"loadtest failed: {err.strip()}")
+            reports.append(json.loads(out))
+        med = lambda path: statistics.median(get(r, path) for r in reports)
+        worst = lambda path: max(get(r, path) for r in reports)
+        total = lambda path: sum(get(r, path) or 0 for r in reports)
+        return {
+            "scenario": "scaleout", "nodes": count, "connected": total("connected"),
+            "connect_secs": worst("connect_secs"),
+            "server_rss_per_connection_kib": med("server_rss_per_connection_kib"),
+            "server_cpu_ms_per_connection": med("server_cpu_ms_per_connection"),
+            # Machine-wide, so every generator read the same counters: one of them.
+            "kernel_slab_per_connection_kib": med("kernel_slab_per_connection_kib"),
+            "redis_cpu_secs": cpu_secs(redis.pid) - redis_cpu,
+            "delivery": {
+                "delivered": total("delivery.delivered"), "lost": total("delivery.lost"),
+                "duplicates": total("delivery.duplicates"),
+                "reordered": total("delivery.reordered"),
+                "deliveries_per_sec": total("delivery.deliveries_per_sec"),
+                "latency_ms": {"p50": worst("delivery.latency_ms.p50"),
+                               "p99": worst("delivery.latency_ms.p99")},
+                "server_cpu_secs_per_million": med("delivery.server_cpu_secs_per_million"),
+            },
+            "per_node": reports,
+        }
+    finally:
+        for p, _, _ in nodes:
+            p.terminate()
+        redis.terminate()
+        for p, _, log in nodes:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            log.close()
+        redis.wait(timeout=15)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_once(name, binary=BINARY, seed=None):
     """One run of scenario `name` against a fresh gateway (`binary`), or against the seed
     design's server when `seed` is its prepared directory."""
     if name.startswith("stampede"):
         return run_stampede(name, binary)
+    if name.startswith("scaleout"):
+        return run_scaleout(name, binary)
     args, gw_env, _ = SCENARIOS[name]
     work = tempfile.mkdtemp(prefix="lgw-bench-")
     redis_port, port = free_port(), free_port()
@@ -476,6 +554,22 @@ STAMPEDE_ROWS = [
 ]
 
 
+SCALEOUT_ROWS = [
+    ("nodes (one Redis, a load generator each)", "nodes", 0),
+    ("connections held, all nodes", "connected", 0),
+    ("deliveries, all nodes", "delivery.delivered", 0),
+    ("lost / duplicated / reordered", "loss_summary", 0),
+    ("deliveries/s, all nodes", "delivery.deliveries_per_sec", 0),
+    ("latency p50, worst node, ms", "delivery.latency_ms.p50", 2),
+    ("latency p99, worst node, ms", "delivery.latency_ms.p99", 2),
+    ("server RSS per connection, median node, KiB", "server_rss_per_connection_kib", 2),
+    ("server CPU per accepted connection, median node, ms", "server_cpu_ms_per_connection", 3),
+    ("server CPU per million deliveries, median node, s",
+     "delivery.server_cpu_secs_per_million", 2),
+    ("kernel slab memory per connection, both ends, KiB", "kernel_slab_per_connection_kib", 2),
+    ("redis-server CPU (whole run), s", "redis_cpu_secs", 2),
+]
+
 SOAK_ROWS = [
     ("deliveries", "delivery.delivered", 0),
     ("lost / duplicated / reordered", "loss_summary", 0),
@@ -607,7 +701,7 @@ def table(name, runs):
     derive(runs)
     lines = [f"| {name} ({len(runs)} runs) | median (min–max) |", "|---|---|"]
     rows = {"idle": IDLE_ROWS, "fanout": FANOUT_ROWS, "stampede": STAMPEDE_ROWS,
-            "soak": SOAK_ROWS}[kind]
+            "soak": SOAK_ROWS, "scaleout": SCALEOUT_ROWS}[kind]
     for label, path, digits in rows:
         if path == "loss_summary":
             totals = [sum(get(r, f"delivery.{k}") or 0 for r in runs)
@@ -701,7 +795,9 @@ def compare(opts):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", default=",".join(SCENARIOS))
+    # scaleout-8x19k is left out of the default run until its first result is understood: its
+    # eight generators' connects took 240 s and most deliveries did not arrive (see #20's note).
+    parser.add_argument("--only", default=",".join(n for n in SCENARIOS if n != "scaleout-8x19k"))
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--binary", action="append", default=[], metavar="PATH",
                         help="measure this build instead (repeatable: the builds alternate run by "
