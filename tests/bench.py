@@ -251,6 +251,18 @@ def command_calls(port):
     return calls
 
 
+def start_redis(work, gw_env):
+    """One redis-server on a free loopback port, and the gateways' environment for it."""
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", work],
+        stdout=subprocess.DEVNULL, preexec_fn=raise_fd_limit)
+    env = {"PATH": os.environ.get("PATH", ""), "HOST": "127.0.0.1", "JWT_SECRET": SECRET,
+           "REDIS_URL": f"redis://127.0.0.1:{port}", "LOG_FORMAT": "json", **gw_env}
+    return redis, port, env
+
+
 def start_gateway(binary, env, work, name):
     port = free_port()
     log = open(os.path.join(work, f"{name}.log"), "w")
@@ -277,13 +289,7 @@ def run_stampede(name, binary=BINARY):
     """stampede-10k: three gateways on one Redis; the loadtest kills the first."""
     args, gw_env, _ = SCENARIOS[name]
     work = tempfile.mkdtemp(prefix="lgw-bench-")
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", work],
-        stdout=subprocess.DEVNULL, preexec_fn=raise_fd_limit)
-    env = {"PATH": os.environ.get("PATH", ""), "HOST": "127.0.0.1", "JWT_SECRET": SECRET,
-           "REDIS_URL": f"redis://127.0.0.1:{redis_port}", "LOG_FORMAT": "json", **gw_env}
+    redis, redis_port, env = start_redis(work, gw_env)
     nodes = [start_gateway(binary, env, work, n) for n in ("victim", "survivor-1", "survivor-2")]
     try:
         for _, port, _ in nodes:
@@ -335,13 +341,7 @@ def run_scaleout(name, binary=BINARY):
     args, gw_env, _ = SCENARIOS[name]
     count = int(name.split("-")[1].split("x")[0])
     work = tempfile.mkdtemp(prefix="lgw-bench-")
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", work],
-        stdout=subprocess.DEVNULL, preexec_fn=raise_fd_limit)
-    env = {"PATH": os.environ.get("PATH", ""), "HOST": "127.0.0.1", "JWT_SECRET": SECRET,
-           "REDIS_URL": f"redis://127.0.0.1:{redis_port}", "LOG_FORMAT": "json", **gw_env}
+    redis, redis_port, env = start_redis(work, gw_env)
     nodes = [start_gateway(binary, env, work, f"node-{i}") for i in range(count)]
     try:
         for _, port, _ in nodes:
