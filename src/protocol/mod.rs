@@ -101,8 +101,7 @@ impl CloseReason {
 
 /// Shared, immutable UTF-8 bytes of one serialized message (an event envelope or a control
 /// message). A clone is a reference count: an event is serialized once and every recipient
-/// shares the buffer. Kept as the WebSocket layer's text type, so handing it to a socket costs
-/// no copy and no second UTF-8 check.
+/// shares the buffer, which the fan-out writes to each socket as it is (`gateway::wire`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload(axum::extract::ws::Utf8Bytes);
 
@@ -115,11 +114,6 @@ impl Payload {
     /// The text.
     pub fn as_str(&self) -> &str {
         self.0.as_str()
-    }
-
-    /// The WebSocket text frame body.
-    pub fn into_ws_text(self) -> axum::extract::ws::Utf8Bytes {
-        self.0
     }
 }
 
