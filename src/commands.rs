@@ -448,6 +448,7 @@ async fn serve_metrics(
     let listener = bind(addr).await?;
     tracing::info!(%addr, "worker metrics listening");
     let app = crate::api::probe_routes::<()>();
+    tokio::spawn(crate::metrics::upkeep(shutdown.clone()));
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -271,6 +271,8 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let node = state.node.clone();
     lifecycle::start(&node).await?;
+    node.background
+        .spawn(crate::metrics::upkeep(node.background_stop.clone()));
     if let Some(interval) = state.embedded_validator {
         let validator = state.validator.clone();
         node.background
