@@ -349,8 +349,11 @@ def run_scaleout(name, binary=BINARY):
             wait_ready(port)
         redis_cpu = cpu_secs(redis.pid)
         generators = [subprocess.Popen(
-            [BINARY, "loadtest", *args, "--tenant-prefix", f"n{i}t", "--target",
-             f"127.0.0.1:{port}", "--server-pid", str(process.pid), "--json"],
+            # Source addresses of its own per generator: sharing them filled the ephemeral
+            # ports and every bind() then searched the range for seconds of kernel time.
+            [BINARY, "loadtest", *args, "--tenant-prefix", f"n{i}t", "--first-source",
+             f"127.0.{i + 1}.1", "--target", f"127.0.0.1:{port}", "--server-pid",
+             str(process.pid), "--json"],
             env={**env, "RUST_LOG": "error"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, preexec_fn=raise_fd_limit) for i, (process, port, _) in enumerate(nodes)]
         reports = []

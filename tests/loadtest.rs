@@ -150,6 +150,19 @@ fn bad_sizes_exit_2() {
     );
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--tenants"), "{stderr}");
+    let (status, _, stderr) = run_cli(
+        &[
+            "loadtest",
+            "idle",
+            "--first-source",
+            "255.255.255.250",
+            "--sources",
+            "8",
+        ],
+        &[("JWT_SECRET", SECRET)],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--first-source"), "{stderr}");
 }
 
 /// `loadtest stampede`: the node holding every connection is SIGKILLed mid-run; each client

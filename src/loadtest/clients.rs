@@ -59,13 +59,15 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
         None => format!("ws://{}/ws/license", common.target),
     };
     let started = Instant::now();
-    let results: Vec<(usize, Result<Conn, String>)> =
+    let release = CancellationToken::new();
+    let results: Vec<(usize, Result<Opening, String>)> =
         futures_util::stream::iter(0..common.connections)
             .map(|i| {
                 let tenant = i % common.tenants;
-                let source = Ipv4Addr::new(127, 0, 0, 1 + (i % common.sources as usize) as u8);
+                let source = common.sources().nth(i);
                 let token = tokens[tenant].as_str();
                 let url = url.as_str();
+                let release = release.clone();
                 async move {
                     let opening = async {
                         match common.transport {
@@ -83,7 +85,13 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
                     };
                     let opened = tokio::time::timeout(OPEN_TIMEOUT, opening)
                         .await
-                        .unwrap_or_else(|_| Err("timed out".to_owned()));
+                        .unwrap_or_else(|_| Err("timed out".to_owned()))
+                        .map(|conn| match conn {
+                            Conn::Ws(ws) => {
+                                Opening::Held(tokio::task::spawn_local(hold(*ws, release)))
+                            }
+                            conn => Opening::Ready(conn),
+                        });
                     (tenant, opened)
                 }
             })
@@ -91,6 +99,7 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
             .collect()
             .await;
     let elapsed = started.elapsed();
+    release.cancel();
     let mut opened = Opened {
         streams: Vec::with_capacity(results.len()),
         failures: 0,
@@ -98,6 +107,14 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
         elapsed,
     };
     for (tenant, result) in results {
+        let result = match result {
+            Ok(Opening::Ready(conn)) => Ok(conn),
+            Ok(Opening::Held(held)) => match held.await {
+                Ok(held) => held.map(|ws| Conn::Ws(Box::new(ws))),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e),
+        };
         match result {
             Ok(ws) => opened.streams.push((tenant, ws)),
             Err(e) => {
@@ -112,6 +129,36 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
         ));
     }
     Ok(opened)
+}
+
+/// A connection opened while the others are still opening.
+enum Opening {
+    /// A WebSocket client answering pings until every connection is open ([`hold`]).
+    Held(tokio::task::JoinHandle<Result<Ws, String>>),
+    /// An SSE stream (the server needs nothing from it to keep it).
+    Ready(Conn),
+}
+
+/// Answers the server's pings on an open WebSocket client until `release`, then hands it back.
+/// A browser answers pings from the moment it connects; a generator that read nothing until
+/// all its connections were open had its first clients dropped as silent (two ping intervals)
+/// whenever the connect phase took longer than that (eight nodes and eight generators on two
+/// cores). Nothing but pings comes before the publishing starts; anything else is dropped
+/// here, so an event would show up as lost, never be hidden.
+async fn hold(mut ws: Ws, release: CancellationToken) -> Result<Ws, String> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = release.cancelled() => return Ok(ws),
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err("closed while the others were connecting".to_owned());
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
 }
 
 /// One connection from `source`, token in the subprotocol list, until `connected`; for the
@@ -261,7 +308,7 @@ pub struct Resume {
     /// A token per tenant number.
     pub tokens: Vec<String>,
     /// Source addresses, as for the first connect.
-    pub sources: u8,
+    pub sources: super::Sources,
     /// When the victim was killed (set by the publisher).
     pub killed_at: Cell<Option<Instant>>,
     /// Kill → `connected` on a survivor, µs.
@@ -292,7 +339,7 @@ impl Resume {
             survivors,
             query: common.query.clone(),
             tokens,
-            sources: common.sources,
+            sources: common.sources(),
             killed_at: Cell::new(None),
             latency: RefCell::new(latency),
             resumed: Cell::new(0),
@@ -323,7 +370,7 @@ impl Resume {
             } else {
                 format!("ws://{target}/ws/license?{}", query.join("&"))
             };
-            let source = Ipv4Addr::new(127, 0, 0, 1 + (index % self.sources as usize) as u8);
+            let source = self.sources.nth(index);
             let opening = open_one(&url, target, Dialect::Gateway, source, &self.tokens[tenant]);
             match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
                 Ok(Ok(ws)) => {
@@ -527,6 +574,66 @@ async fn drive_ws(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::SinkExt;
+
+    /// A client connected to a plain WebSocket server on loopback, and the server's side.
+    async fn pair() -> (Ws, WebSocketStream<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async(stream).await.unwrap()
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream)
+            .await
+            .unwrap();
+        (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_held_client_answers_pings_until_released_and_is_handed_back_whole() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let (client, mut server) = pair().await;
+                let release = CancellationToken::new();
+                let held = tokio::task::spawn_local(hold(client, release.clone()));
+                // Two pings while the others would still be connecting: both answered.
+                for n in 0..2u8 {
+                    server.send(Message::Ping(vec![n].into())).await.unwrap();
+                    let answer = tokio::time::timeout(Duration::from_secs(5), server.next())
+                        .await
+                        .expect("the held client answers the ping");
+                    assert!(
+                        matches!(&answer, Some(Ok(Message::Pong(p))) if p[..] == [n]),
+                        "{answer:?}"
+                    );
+                }
+                release.cancel();
+                let mut client = held.await.unwrap().expect("handed back");
+                // Still open and readable after the hand-over.
+                server.send(Message::text("after")).await.unwrap();
+                let next = client.next().await;
+                assert!(matches!(&next, Some(Ok(Message::Text(t))) if t.as_str() == "after"));
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_held_client_that_the_server_closes_is_a_failed_connect() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let (client, mut server) = pair().await;
+                let held = tokio::task::spawn_local(hold(client, CancellationToken::new()));
+                server.close(None).await.unwrap();
+                let result = tokio::time::timeout(Duration::from_secs(5), held)
+                    .await
+                    .expect("ends without a release")
+                    .unwrap();
+                assert!(result.is_err());
+            })
+            .await;
+    }
 
     #[test]
     fn event_fields_are_found_without_a_parser() {

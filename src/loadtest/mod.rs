@@ -19,7 +19,7 @@ pub mod procstat;
 pub mod report;
 pub mod sse;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use clap::{Args, Subcommand};
 
@@ -112,9 +112,15 @@ pub struct CommonArgs {
     /// Tenant ids are this prefix plus a number.
     #[arg(long, default_value = "lt")]
     pub tenant_prefix: String,
-    /// Source addresses 127.0.0.1 … 127.0.0.N, so no single source runs out of ports.
+    /// Source addresses 127.0.0.1 … 127.0.0.N (counted from `--first-source`), so no single
+    /// source runs out of ports.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=250))]
     pub sources: u8,
+    /// The first source address. Generators run side by side (scale-out) each take their own
+    /// addresses: sharing them filled the ephemeral ports, and each `bind` then searched the
+    /// port range for seconds of kernel time.
+    #[arg(long, value_name = "IPV4", default_value = "127.0.0.1")]
+    pub first_source: Ipv4Addr,
     /// Connection handshakes in flight at once.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
@@ -214,9 +220,41 @@ pub struct FanoutArgs {
     pub history: HistoryArgs,
 }
 
+/// The source addresses connections are spread over: `count` addresses from `first` up.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources {
+    first: u32,
+    count: u8,
+}
+
+impl Sources {
+    /// The source address of connection number `i`.
+    pub fn nth(&self, i: usize) -> Ipv4Addr {
+        // `check` made sure the last address does not overflow.
+        Ipv4Addr::from(self.first.wrapping_add((i % self.count as usize) as u32))
+    }
+}
+
 impl CommonArgs {
+    /// The source addresses to connect from.
+    pub fn sources(&self) -> Sources {
+        Sources {
+            first: u32::from(self.first_source),
+            count: self.sources,
+        }
+    }
+
     /// Checks the sizes before anything is opened.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if u32::from(self.first_source)
+            .checked_add(u32::from(self.sources) - 1)
+            .is_none()
+        {
+            return Err(ConfigError::new(
+                "--first-source",
+                "the last source address is past 255.255.255.255",
+            ));
+        }
         if self.connections == 0 {
             return Err(ConfigError::new("--connections", "must be at least 1"));
         }
@@ -322,4 +360,29 @@ async fn connect_phase(
         soak: None,
     };
     Ok((opened.streams, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sources;
+
+    #[test]
+    fn sources_count_up_from_the_first_and_wrap_around_the_count() {
+        let sources = Sources {
+            first: u32::from(std::net::Ipv4Addr::new(127, 0, 1, 254)),
+            count: 4,
+        };
+        let seen: Vec<String> = (0..6).map(|i| sources.nth(i).to_string()).collect();
+        assert_eq!(
+            seen,
+            [
+                "127.0.1.254",
+                "127.0.1.255",
+                "127.0.2.0",
+                "127.0.2.1",
+                "127.0.1.254",
+                "127.0.1.255"
+            ]
+        );
+    }
 }
