@@ -13,6 +13,7 @@
 //! prints the human table or one JSON line.
 
 pub mod clients;
+pub mod connect;
 pub mod fanout;
 pub mod idle;
 pub mod procstat;
@@ -323,7 +324,7 @@ async fn connect_phase(
     let before = procstat::of(pid);
     let slab_before = procstat::kernel_slab_kib();
     let me_before = procstat::this_process();
-    let opened = clients::open_all(common).await?;
+    let opened = connect::open_all(common).await?;
     let after_connect = procstat::of(pid);
     let me_after = procstat::this_process();
     let connected = opened.streams.len();
