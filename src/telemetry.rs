@@ -128,7 +128,8 @@ pub fn init(
     } else {
         LogFormat::Json
     });
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_filter(identity.role)));
     // Whatever RUST_LOG says, libraries that log raw protocol data at trace stay at debug:
     // tungstenite logs every received WebSocket message (an in-band refresh carries a token)
     // and client requests with their headers; the HTTP and Redis stacks log buffers too.
@@ -169,6 +170,17 @@ pub fn init(
     Ok(Telemetry { provider })
 }
 
+/// The log filter when `RUST_LOG` is not set. One-shot commands answer with one line of their
+/// own (`publish`'s error is the only line on stderr); the Redis client's warnings about the
+/// connection it drops on the way out (a `QUIT` it could not send to a dead server) would come
+/// before it, now and then, so they keep only fred's errors.
+fn default_filter(role: &str) -> &'static str {
+    match role {
+        "token" | "publish" | "healthcheck" | "openapi" => "info,fred=error",
+        _ => "info",
+    }
+}
+
 /// Whether spans are being exported (cheap; checked before any per-event trace work).
 pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
@@ -196,5 +208,24 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     let cx = TraceContextPropagator::new().extract_with_context(&Context::new(), &carrier);
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EnvFilter, default_filter};
+
+    #[test]
+    fn one_shot_commands_keep_only_the_redis_clients_errors() {
+        for role in ["publish", "token", "healthcheck", "openapi"] {
+            assert!(default_filter(role).contains("fred=error"), "{role}");
+        }
+        // Services keep fred's warnings: reconnects and timeouts matter there.
+        for role in ["serve", "worker", "loadtest"] {
+            assert_eq!(default_filter(role), "info", "{role}");
+        }
+        for role in ["publish", "serve"] {
+            assert!(EnvFilter::try_new(default_filter(role)).is_ok(), "{role}");
+        }
     }
 }
