@@ -106,9 +106,20 @@ impl Wire {
             return Ok(Written::All);
         }
         let slices = parts.map(IoSlice::new);
-        let written = match self.stream.try_write_vectored(&slices) {
+        // Straight to the socket rather than through tokio's `try_write_vectored`, which first
+        // reads the readiness tokio keeps for the socket: one more object per recipient, a cache
+        // miss per delivery at fan-out. A full socket goes through tokio after all, so that its
+        // readiness is cleared and `writable()` then waits for the socket to drain instead of
+        // returning at once.
+        let written = match socket2::SockRef::from(&*self.stream).send_vectored(&slices) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Written::Nothing),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match self.stream.try_write_vectored(&slices) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Written::Nothing),
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         };
         if written == total {
@@ -148,5 +159,51 @@ impl Wire {
     /// Ends the write side (the peer reads the end of the stream).
     pub fn shutdown(&self) {
         let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The fan-out's write bypasses tokio, but a full socket must still clear tokio's
+    /// readiness: otherwise `writable()` resolves at once and the session task spins instead
+    /// of waiting for the client to read.
+    #[tokio::test]
+    async fn a_full_socket_waits_for_the_peer_to_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        let mut peer = client.expect("connect");
+        let (server, _) = accepted.expect("accept");
+        let wire = Wire::new(Arc::new(server), Framing::WebSocket);
+        // Ready to write, as a live session's socket is.
+        wire.writable().await.expect("writable");
+        let out = Out::Message(None, Payload::from("x".repeat(16 * 1024)));
+        let mut writes = 0;
+        while !matches!(wire.write(None, &out).expect("write"), Written::Nothing) {
+            writes += 1;
+        }
+        assert!(writes > 0, "the socket took nothing");
+        let waited = tokio::time::timeout(Duration::from_millis(300), wire.writable()).await;
+        assert!(
+            waited.is_err(),
+            "writable() resolved while the socket was full"
+        );
+
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 1 << 16];
+            while peer.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+        });
+        tokio::time::timeout(Duration::from_secs(5), wire.writable())
+            .await
+            .expect("writable once the peer reads")
+            .expect("writable");
+        reader.abort();
     }
 }
