@@ -8,11 +8,6 @@ use license_gateway::cli::{Cli, Command};
 use license_gateway::commands::{self, CommandError};
 use license_gateway::telemetry::ServiceIdentity;
 
-/// mimalloc rather than glibc malloc: a node's memory stays flat under connection churn
-/// (BENCHMARKS.md, Soak).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
