@@ -331,7 +331,10 @@ impl<W: Transport> Session<'_, W> {
                                 }
                             }
                             Incoming::Binary => {
-                                if !self.send_error("binary frames are not supported; send JSON text").await {
+                                // Boxed: its 256-byte state was the largest of this loop's,
+                                // carried by every idle session for a frame clients rarely send.
+                                let refusing = Box::pin(self.send_error("binary frames are not supported; send JSON text"));
+                                if !refusing.await {
                                     return None;
                                 }
                             }
