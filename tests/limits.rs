@@ -302,7 +302,7 @@ async fn per_tenant_caps_hold_across_nodes_and_forget_a_crashed_node() {
 /// of ~4 KB, took a node from 22 to 101 MiB and it stayed at 86 MiB after they closed. Replay
 /// is paged now: a resuming session holds one page (100 events) and what the socket buffers,
 /// its live events are bounded by `SESSION_QUEUE_BYTES`, and a reader that takes nothing for a
-/// ping interval is dropped. Three rounds, so that memory kept between them would show.
+/// ping interval is dropped. Four rounds, so that memory kept between them would show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_clients_that_never_read_stay_within_their_byte_budgets() {
     const CLIENTS: u64 = 40;
@@ -343,7 +343,7 @@ async fn resuming_clients_that_never_read_stay_within_their_byte_budgets() {
     // write buffer, and one replay page (100 events of ~4 KB) in flight.
     let budget = CLIENTS * (1024 + 64 + 400);
     let mut afters = Vec::new();
-    for round in 1..=3 {
+    for round in 1..=4 {
         let mut stalled = Vec::new();
         for _ in 0..CLIENTS {
             stalled.push(stalled_client_at(node.port, &url).await);
@@ -381,13 +381,15 @@ async fn resuming_clients_that_never_read_stay_within_their_byte_budgets() {
         afters.push(after);
     }
     // What the sessions held went back to the allocator, and nothing accumulates over rounds.
-    // How much of it glibc keeps cached in its arenas varies from run to run (+6 to +28 MiB after
-    // a round, across machines), so: never more than one round's budget kept, and no growth
-    // from the first round to the last of more than a quarter of it. The old code kept +64 MiB
-    // after one round; a leak of a few hundred KiB per session would grow by more each round.
+    // How much of it glibc keeps cached in its arenas varies from round to round (+4 to +28 MiB,
+    // across machines; one round alone can sit low), so: never more than one round's budget
+    // kept, and the last two rounds keep on average no more than a quarter of it over the first
+    // two. The old code kept +64 MiB after one round; a leak of a few hundred KiB per session
+    // (over 12 MiB a round) would raise that average by twice as much.
     let kept: Vec<u64> = afters.iter().map(|a| a.saturating_sub(baseline)).collect();
+    let (first, last) = ((kept[0] + kept[1]) / 2, (kept[2] + kept[3]) / 2);
     assert!(
-        kept.iter().all(|k| *k <= budget) && kept[2] <= kept[0] + budget / 4,
+        kept.iter().all(|k| *k <= budget) && last <= first + budget / 4,
         "KiB kept after each round: {kept:?} (budget {budget})"
     );
 }
