@@ -43,13 +43,14 @@ pub async fn open_all(common: &CommonArgs) -> Result<Opened, LoadtestError> {
         Some(query) => format!("ws://{}/ws/license?{query}", common.target),
         None => format!("ws://{}/ws/license", common.target),
     };
+    let sources = common.sources();
     let started = Instant::now();
     let release = CancellationToken::new();
     let results: Vec<(usize, Result<Opening, String>)> =
         futures_util::stream::iter(0..common.connections)
             .map(|i| {
                 let tenant = i % common.tenants;
-                let source = common.sources().nth(i);
+                let source = sources.nth(i);
                 let token = tokens[tenant].as_str();
                 let url = url.as_str();
                 let release = release.clone();
