@@ -34,12 +34,6 @@ pub struct Membership {
     id: u64,
     /// The session's outbox.
     pub outbox: Arc<Outbox>,
-    /// The tenant's position when the outbox joined, read under the same lock: every event
-    /// after it reaches the outbox, none before it does. `None` when the node had no position
-    /// for the tenant yet (its first session); [`Hub::position`] tells it after subscribing.
-    pub start: Option<EventId>,
-    /// What the session asked to receive (applied at fan-out and to its resume replay).
-    pub filter: Option<Arc<EventFilter>>,
 }
 
 impl Membership {
@@ -118,14 +112,20 @@ impl Hub {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Registers a session of `tenant` (and `user`, when its token names one) and returns once
-    /// the node's subscription for the tenant is in place.
+    /// Registers a session of `tenant` (and `user`, when its token names one, and `filter`,
+    /// applied at fan-out) and returns once the node's subscription for the tenant is in place.
+    ///
+    /// With the membership comes the tenant's position when the outbox joined, read under the
+    /// same lock: every event after it reaches the outbox, none before it does. `None` when the
+    /// node had no position for the tenant yet (its first session); [`Hub::position`] tells it
+    /// after subscribing. Returned apart because only the greeting needs it, while the
+    /// membership is kept for the session's life.
     pub async fn join(
         self: &Arc<Self>,
         tenant: &str,
         user: Option<&str>,
         filter: Option<Arc<EventFilter>>,
-    ) -> Result<Membership, EngineError> {
+    ) -> Result<(Membership, Option<EventId>), EngineError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(self.queue));
         let (key, subscribed, start) = {
@@ -142,7 +142,7 @@ impl Hub {
             let member = Member {
                 outbox: outbox.clone(),
                 user: user.map(Box::from),
-                filter: filter.clone(),
+                filter,
                 prefs: None,
             };
             entry.sessions.insert(id, member);
@@ -152,8 +152,6 @@ impl Hub {
             tenant: key,
             id,
             outbox,
-            start,
-            filter,
         };
         let mut is_subscribed = subscribed.lock().await;
         if !*is_subscribed {
@@ -175,7 +173,7 @@ impl Hub {
             tracing::debug!(tenant, "subscribed tenant channel");
         }
         self.changed.notify_one();
-        Ok(membership)
+        Ok((membership, start))
     }
 
     /// Subscribes `tenant` and records the history's newest id as its stream's baseline. Both

@@ -143,7 +143,7 @@ impl Node {
         }
         let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
         *seats.entry(tenant.to_owned()).or_insert(0) += 1;
-        guard.tenant = Some(tenant.to_owned());
+        guard.tenant = Some(tenant.into());
         Ok(true)
     }
 
@@ -182,12 +182,17 @@ impl Node {
 pub struct ConnectionGuard {
     node: Arc<Node>,
     ip: Option<IpAddr>,
-    /// The tenant whose seat this connection holds.
-    tenant: Option<String>,
+    /// The tenant whose seat this connection holds (boxed, not a `String`: every session
+    /// carries the guard).
+    tenant: Option<Box<str>>,
 }
 
 /// One fewer for `key` in `counts`; the entry goes with its last one.
-fn uncount<K: std::hash::Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: &K) {
+fn uncount<K, Q>(counts: &Mutex<HashMap<K, usize>>, key: &Q)
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
     let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(count) = counts.get_mut(key) {
         *count -= 1;
@@ -205,7 +210,7 @@ impl Drop for ConnectionGuard {
             uncount(&node.per_ip, &ip);
         }
         if let Some(tenant) = self.tenant.take() {
-            uncount(&node.seats, &tenant);
+            uncount(&node.seats, &*tenant);
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return; // no runtime left to release on: the seats expire with the node's
             };

@@ -23,7 +23,7 @@ use super::wire::Out;
 use crate::auth::{AuthError, Claims};
 use crate::engine::{History, Position};
 use crate::metrics;
-use crate::notifications::EventMeta;
+use crate::notifications::{EventFilter, EventMeta};
 use crate::protocol::{ClientMessage, CloseReason, EventId, ResyncReason, ServerMessage, now_ms};
 
 /// Events read from the history at a time during a resume.
@@ -52,10 +52,12 @@ pub struct Handshake {
 /// Runs a session to its end.
 ///
 /// Shaped for memory, since every idle connection carries this future: the opening (refusal,
-/// authentication, subscription) is a boxed, transient future, and what it hands on ([`Live`])
-/// is moved, not copied, into the session's own future. An `async fn` taking the socket and
-/// awaiting both phases keeps a slot for its arguments beside each phase's state (rustc does
-/// not overlap them): that layout cost about 0.5 KiB more per connection (BENCHMARKS.md).
+/// authentication, subscription, `connected` and the resume replay) is a boxed, transient
+/// future, and what it hands on ([`Live`]) is moved, not copied, into the session's own future.
+/// An `async fn` taking the socket and awaiting both phases keeps a slot for its arguments
+/// beside each phase's state (rustc does not overlap them): that layout cost about 0.5 KiB more
+/// per connection (BENCHMARKS.md). What only the opening needs (the resume position, the start
+/// position, the filter for the replay) stays in the opening's future for the same reason.
 pub fn run<W: Transport + 'static>(
     socket: W,
     node: Arc<Node>,
@@ -64,7 +66,7 @@ pub fn run<W: Transport + 'static>(
     use futures_util::FutureExt;
     use futures_util::future::Either;
     Box::pin(open(socket, node, handshake)).then(|opened| match opened {
-        Some(live) => Either::Left(live.run()),
+        Some((live, greeted)) => Either::Left(live.run(greeted)),
         None => Either::Right(std::future::ready(())),
     })
 }
@@ -76,17 +78,17 @@ struct Live<W> {
     membership: Membership,
     /// Token `exp`, Unix seconds.
     expires_at: u64,
-    /// Resume position the client asked for, unparsed.
-    resume: Option<String>,
+    span: SessionSpan,
     _guard: Option<ConnectionGuard>,
 }
 
-/// Refuses, authenticates and subscribes; `None` when the connection was closed instead.
+/// Refuses, authenticates, subscribes and greets; `None` when the connection was closed
+/// instead. With the session comes whether the greeting reached the client.
 async fn open<W: Transport>(
     mut socket: W,
     node: Arc<Node>,
     handshake: Handshake,
-) -> Option<Live<W>> {
+) -> Option<(Live<W>, bool)> {
     let kind = W::KIND;
     if let Some(reason) = handshake.refuse {
         metrics::closed(kind.label(), Some(reason));
@@ -103,22 +105,38 @@ async fn open<W: Transport>(
             return None;
         }
     };
-    match node
+    let filter = handshake.filter;
+    let joined = node
         .hub
-        .join(&tenant, claims.user.as_deref(), handshake.filter)
-        .await
-    {
-        Ok(membership) => {
+        .join(&tenant, claims.user.as_deref(), filter.clone())
+        .await;
+    match joined {
+        Ok((membership, start)) => {
             let (wire, head) = socket.wire();
             membership.outbox.attach(wire, head);
-            Some(Live {
+            // Paired with `session_ended` in `Live::run`, whatever happens in between.
+            metrics::session_opened(kind.label());
+            let connection = node.next_connection_id();
+            let mut live = Live {
                 socket,
                 node,
                 membership,
                 expires_at: claims.expires_at,
-                resume: handshake.last_event_id,
+                span: SessionSpan::new(connection),
                 _guard: handshake.guard,
-            })
+            };
+            if crate::telemetry::exporting() {
+                // Made at once while traces are exported, so the exported span covers the
+                // whole connection.
+                live.span();
+            }
+            let greeting = Greeting {
+                start,
+                resume: handshake.last_event_id.as_deref(),
+                filter: filter.as_deref(),
+            };
+            let greeted = live.session().greet(greeting).await;
+            Some((live, greeted))
         }
         Err(error) => {
             tracing::warn!(%tenant, %error, "subscription failed; asking the client to retry");
@@ -146,90 +164,90 @@ async fn hang_up<W: Transport>(socket: &mut W, outbox: &Outbox, last: Out) {
 
 /// The session's log span, made when first needed: an idle session that logs nothing would
 /// otherwise hold one for its whole life (0.4 KiB per connection with the JSON formatter's
-/// fields, BENCHMARKS.md). While traces are exported it is made at once, so the exported span
-/// covers the connection.
-struct SessionSpan<'a> {
-    tenant: &'a str,
-    node: &'a str,
+/// fields, BENCHMARKS.md). Boxed, and without the tenant and node it names (the caller passes
+/// them): every session carries this, most never use it.
+struct SessionSpan {
     /// This connection's number on the node; its id is `<node>-<number>`.
     connection: u64,
-    span: std::sync::OnceLock<tracing::Span>,
+    span: std::sync::OnceLock<Box<tracing::Span>>,
 }
 
-impl<'a> SessionSpan<'a> {
-    fn new(tenant: &'a str, node: &'a str, connection: u64) -> Self {
-        let span = Self {
-            tenant,
-            node,
+impl SessionSpan {
+    fn new(connection: u64) -> Self {
+        Self {
             connection,
             span: std::sync::OnceLock::new(),
-        };
-        if crate::telemetry::exporting() {
-            span.get();
         }
-        span
     }
 
     /// `<node>-<number>`, as in `connected` and the logs.
-    fn connection_id(&self) -> String {
-        format!("{}-{}", self.node, self.connection)
+    fn connection_id(&self, node: &str) -> String {
+        format!("{node}-{}", self.connection)
     }
 
-    fn get(&self) -> &tracing::Span {
+    fn get(&self, tenant: &str, node: &str) -> &tracing::Span {
         self.span.get_or_init(|| {
-            tracing::info_span!(
+            Box::new(tracing::info_span!(
                 "session",
-                tenant = self.tenant,
-                node = self.node,
-                connection = %self.connection_id()
-            )
+                tenant,
+                node,
+                connection = %self.connection_id(node)
+            ))
         })
     }
 }
 
-/// A log event inside the session's span, which is made only if the event is enabled.
+/// A log event inside the session's span (`$session.span()`), which is made only if the event
+/// is enabled.
 macro_rules! session_event {
-    ($span:expr, $level:ident, $($arg:tt)+) => {
+    ($session:expr, $level:ident, $($arg:tt)+) => {
         if tracing::enabled!(tracing::Level::$level) {
-            $span
-                .get()
+            $session
+                .span()
                 .in_scope(|| tracing::event!(tracing::Level::$level, $($arg)+));
         }
     };
 }
 
 impl<W: Transport> Live<W> {
-    /// Serves the connection, leaves the hub and closes. Not an `async fn`: that would move
-    /// `self` into a second slot of the future (its parameters are rebound as locals), and
-    /// this future lives as long as the connection.
+    /// The session's log span (made on first use).
+    fn span(&self) -> &tracing::Span {
+        self.span
+            .get(self.membership.tenant(), &self.node.settings.node_id)
+    }
+
+    /// The session's working view of this state.
+    fn session(&mut self) -> Session<'_, W> {
+        Session {
+            socket: &mut self.socket,
+            node: &self.node,
+            membership: &self.membership,
+            span: &self.span,
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// Serves the connection (when `greeted`: `connected` and the replay reached the client),
+    /// leaves the hub and closes. Not an `async fn`: that would move `self` into a second slot
+    /// of the future (its parameters are rebound as locals), and this future lives as long as
+    /// the connection.
     #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
-    fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+    fn run(mut self, greeted: bool) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            // Paired with `session_ended` below, whatever happens in between.
-            metrics::session_opened(W::KIND.label());
-            let node = &self.node;
-            let node_id = node.settings.node_id.as_str();
-            // The id is formatted where it is shown, not kept for the session's life.
-            let span =
-                SessionSpan::new(self.membership.tenant(), node_id, node.next_connection_id());
-            let session = Session {
-                socket: &mut self.socket,
-                node,
-                membership: &self.membership,
-                span: &span,
-                expires_at: self.expires_at,
+            let reason = match greeted {
+                true => self.session().serve().await,
+                false => None,
             };
-            let reason = session.serve(self.resume.as_deref()).await;
-            node.hub.leave(&self.membership);
+            self.node.hub.leave(&self.membership);
             metrics::session_ended(W::KIND.label());
             metrics::closed(W::KIND.label(), reason);
             let last = match reason {
                 Some(reason) => {
-                    session_event!(span, INFO, reason = reason.label(), "closing session");
+                    session_event!(self, INFO, reason = reason.label(), "closing session");
                     Some(Out::from(reason))
                 }
                 None => {
-                    session_event!(span, DEBUG, "session ended by the client");
+                    session_event!(self, DEBUG, "session ended by the client");
                     self.socket.peer_close()
                 }
             };
@@ -244,28 +262,38 @@ impl<W: Transport> Live<W> {
     }
 }
 
+/// What the greeting needs and the session's life does not.
+struct Greeting<'a> {
+    /// The tenant's position when the outbox joined (see [`crate::gateway::hub::Hub::join`]).
+    start: Option<EventId>,
+    /// Resume position the client asked for (`lastEventId`), unparsed.
+    resume: Option<&'a str>,
+    /// The session's filter, applied to the replay as the fan-out applies it to live events.
+    filter: Option<&'a EventFilter>,
+}
+
 struct Session<'a, W> {
     socket: &'a mut W,
     node: &'a Node,
     membership: &'a Membership,
-    span: &'a SessionSpan<'a>,
+    span: &'a SessionSpan,
     /// Token `exp`, Unix seconds.
     expires_at: u64,
 }
 
 impl<W: Transport> Session<'_, W> {
+    /// The session's log span (made on first use).
+    fn span(&self) -> &tracing::Span {
+        self.span
+            .get(self.membership.tenant(), &self.node.settings.node_id)
+    }
+
     /// Serves until the connection must close; `Some(reason)` when the server closes it.
     /// (This and `send` return `async move` blocks rather than being `async fn`s, which would
     /// store their arguments twice in futures that every session carries.)
     #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
-    fn serve(mut self, resume: Option<&str>) -> impl Future<Output = Option<CloseReason>> {
+    fn serve(mut self) -> impl Future<Output = Option<CloseReason>> {
         async move {
-            // Boxed: the greeting's state is not carried for the session's life.
-            let greeting = Box::pin(self.greet(resume));
-            if !greeting.await {
-                return None;
-            }
-
             let ping_every = self.node.settings.ping_interval;
             let mut last_heard = Instant::now();
             let rate = self.node.settings.client_rate;
@@ -348,7 +376,7 @@ impl<W: Transport> Session<'_, W> {
                         }
                         if now >= next_ping {
                             if W::ANSWERS_HEARTBEATS && now.duration_since(last_heard) >= ping_every * 2 {
-                                session_event!(self.span, INFO, "peer silent for two ping intervals; dropping");
+                                session_event!(self, INFO, "peer silent for two ping intervals; dropping");
                                 return None;
                             }
                             if !self.send(Out::Heartbeat).await {
@@ -379,23 +407,23 @@ impl<W: Transport> Session<'_, W> {
                 Some(summary.unread)
             }
             Err(error) => {
-                session_event!(self.span, WARN, %error, "unread count unavailable at connect");
+                session_event!(self, WARN, %error, "unread count unavailable at connect");
                 None
             }
         }
     }
 
-    /// Sends `connected`, then replays the history after `resume`; false when the socket failed.
-    async fn greet(&mut self, resume: Option<&str>) -> bool {
+    /// Sends `connected`, then replays the history after the resume position; false when the
+    /// socket failed.
+    async fn greet(&mut self, greeting: Greeting<'_>) -> bool {
         let unread = self.user_summary().await;
         // A fresh session's stream starts after the tenant's current position: the client gets
         // it in `connected`, so it can resume exactly even before its first event.
         let outbox = &self.membership.outbox;
-        if resume.is_none() {
+        if greeting.resume.is_none() {
             // Read when the outbox joined when possible: a position read now could already
             // include an event that is waiting in the outbox, which would then be skipped.
-            let start = self
-                .membership
+            let start = greeting
                 .start
                 .or_else(|| self.node.hub.position(self.membership.tenant()));
             if let Some(start) = start {
@@ -405,7 +433,7 @@ impl<W: Transport> Session<'_, W> {
         let position = outbox.last_sent().map(|id| id.to_string());
         let connected = ServerMessage::Connected {
             tenant_id: self.membership.tenant(),
-            connection_id: &self.span.connection_id(),
+            connection_id: &self.span.connection_id(&self.node.settings.node_id),
             node: &self.node.settings.node_id,
             last_event_id: position,
             unread_count: unread,
@@ -416,11 +444,11 @@ impl<W: Transport> Session<'_, W> {
         {
             return false;
         }
-        session_event!(self.span, DEBUG, "session connected");
+        session_event!(self, DEBUG, "session connected");
         // The subscription is in place and the outbox is collecting live events, so replaying
         // the history now leaves no gap; the outbox drops what both paths carry.
-        match resume {
-            Some(resume) => self.replay(resume).await,
+        match greeting.resume {
+            Some(resume) => self.replay(resume, greeting.filter).await,
             None => true,
         }
     }
@@ -429,7 +457,8 @@ impl<W: Transport> Session<'_, W> {
     /// possible. False when the socket failed. The history is read in pages of
     /// [`REPLAY_PAGE`] events, so a resume from far back holds one page at a time, and a reader
     /// that does not keep up is dropped by `send` long before the whole history is read.
-    async fn replay(&mut self, resume: &str) -> bool {
+    /// `filter`: the session's, applied as the fan-out applies it.
+    async fn replay(&mut self, resume: &str, filter: Option<&EventFilter>) -> bool {
         let tenant = self.membership.tenant();
         let mut after: EventId = match resume.parse() {
             Ok(id) => id,
@@ -470,7 +499,7 @@ impl<W: Transport> Session<'_, W> {
                         // Trimmed (or lost) between two pages: events may be missing.
                         Ok(_) => return self.resync(ResyncReason::EventsMissed).await,
                         Err(error) => {
-                            session_event!(self.span, WARN, %error, "history unavailable for resume");
+                            session_event!(self, WARN, %error, "history unavailable for resume");
                             return self.resync(ResyncReason::HistoryUnavailable).await;
                         }
                     };
@@ -492,11 +521,7 @@ impl<W: Transport> Session<'_, W> {
                 let wanted = prefs
                     .as_ref()
                     .is_none_or(|p| p.preferences.allows(meta.as_ref()))
-                    && self
-                        .membership
-                        .filter
-                        .as_ref()
-                        .is_none_or(|f| f.allows(meta.as_ref()));
+                    && filter.is_none_or(|f| f.allows(meta.as_ref()));
                 if wanted && !self.send(Out::Message(Some(id), payload)).await {
                     return false;
                 }
@@ -505,7 +530,7 @@ impl<W: Transport> Session<'_, W> {
                 replayed += 1;
             }
             if complete {
-                session_event!(self.span, DEBUG, replayed, "resumed");
+                session_event!(self, DEBUG, replayed, "resumed");
                 return true;
             }
             position = Position::ByOrder;
@@ -513,7 +538,7 @@ impl<W: Transport> Session<'_, W> {
     }
 
     async fn resync(&mut self, reason: ResyncReason) -> bool {
-        session_event!(self.span, DEBUG, reason = reason.text(), "resync required");
+        session_event!(self, DEBUG, reason = reason.text(), "resync required");
         metrics::history_replay("resync");
         self.send(Out::Message(None, reason.message())).await
     }
@@ -562,7 +587,7 @@ impl<W: Transport> Session<'_, W> {
                             Some(e.close_reason())
                         })?;
                 if tenant != self.membership.tenant() {
-                    session_event!(self.span, WARN, other = %tenant, "refresh token names another tenant");
+                    session_event!(self, WARN, other = %tenant, "refresh token names another tenant");
                     metrics::auth_failed("other_tenant");
                     return Err(Some(CloseReason::InvalidToken));
                 }
@@ -572,7 +597,7 @@ impl<W: Transport> Session<'_, W> {
                     .hub
                     .is_user(self.membership, claims.user.as_deref())
                 {
-                    session_event!(self.span, WARN, "refresh token names another user");
+                    session_event!(self, WARN, "refresh token names another user");
                     metrics::auth_failed("other_user");
                     return Err(Some(CloseReason::InvalidToken));
                 }

@@ -215,7 +215,7 @@ async fn an_event_both_replayed_and_live_is_sent_once() {
 #[tokio::test]
 async fn a_gap_fill_through_the_hub_delivers_each_event_once() {
     let (node, engine) = node(100).await;
-    let member = node.hub.join("acme", None, None).await.expect("join");
+    let (member, _) = node.hub.join("acme", None, None).await.expect("join");
     let queued = || {
         let mut ids = Vec::new();
         while let super::outbox::Next::Event(Some(id), _) = member.outbox.next() {
@@ -271,11 +271,11 @@ async fn unresumable_positions_get_resync_with_their_reason() {
 async fn the_start_position_is_taken_when_the_outbox_joins() {
     let (node, engine) = node(100).await;
     let first = publish(&engine, "acme", 1).await;
-    let holder = node.hub.join("acme", None, None).await.expect("join");
-    let joined = node.hub.join("acme", None, None).await.expect("join");
-    assert_eq!(joined.start, Some(first.id));
+    let (holder, _) = node.hub.join("acme", None, None).await.expect("join");
+    let (joined, start) = node.hub.join("acme", None, None).await.expect("join");
+    assert_eq!(start, Some(first.id));
     let second = publish(&engine, "acme", 2).await;
-    assert!(second.id > joined.start.expect("start"));
+    assert!(second.id > start.expect("start"));
     assert!(matches!(
         joined.outbox.next(),
         super::outbox::Next::Event(Some(id), _) if id == second.id
