@@ -266,6 +266,7 @@ pub async fn run(args: &FanoutArgs, extra: Extra<'_>) -> Result<Report, Loadtest
         latency_ms: Latency::from_us(&shared.latency.borrow()),
         server_cpu_secs: procstat::cpu_between(server_start, server_end),
         server_sys_secs: procstat::sys_between(server_start, server_end),
+        server_window_unix_secs: procstat::window_between(server_start, server_end),
         server_cpu_secs_per_million: None,
         loadgen_cpu_secs: procstat::cpu_between(me_start, me_end),
         loadgen_sys_secs: procstat::sys_between(me_start, me_end),

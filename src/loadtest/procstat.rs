@@ -16,6 +16,9 @@ pub struct Sample {
     pub rss_kib: u64,
     /// When it was read.
     pub at: Instant,
+    /// When it was read, Unix seconds: what a profiler sampling meanwhile (`perf record
+    /// --clockid CLOCK_REALTIME`) stamps its samples with, so they can be matched to a span.
+    pub unix_secs: f64,
 }
 
 /// Reads process `pid`, when it is given and can be read.
@@ -46,12 +49,20 @@ fn read(dir: &str) -> Option<Sample> {
         sys_secs: stime / TICKS_PER_SEC,
         rss_kib,
         at: Instant::now(),
+        unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
     })
 }
 
 /// CPU seconds between two readings, when both exist.
 pub fn cpu_between(a: Option<Sample>, b: Option<Sample>) -> Option<f64> {
     Some(b?.cpu_secs - a?.cpu_secs)
+}
+
+/// The span between two readings as Unix seconds `[start, end]`, when both exist.
+pub fn window_between(a: Option<Sample>, b: Option<Sample>) -> Option<[f64; 2]> {
+    Some([a?.unix_secs, b?.unix_secs])
 }
 
 /// Kernel CPU seconds between two readings, when both exist.

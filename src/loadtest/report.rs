@@ -67,8 +67,13 @@ pub struct Delivery {
     pub latency_ms: Option<Latency>,
     /// Server CPU seconds from the first publish to the last receive.
     pub server_cpu_secs: Option<f64>,
-    /// Of which in the kernel (socket writes, loopback TCP).
+    /// Of which in the kernel (socket writes, loopback TCP). From the kernel's own split,
+    /// which is tick-sampled: see `server_window_unix_secs`.
     pub server_sys_secs: Option<f64>,
+    /// When the server's CPU was read at the span's start and end, Unix seconds: a profiler
+    /// sampling the server meanwhile can split the span's CPU into user and kernel time more
+    /// finely than the kernel's tick-based split (`tests/bench.py` does, with `perf`).
+    pub server_window_unix_secs: Option<[f64; 2]>,
     /// Server CPU seconds per million deliveries.
     pub server_cpu_secs_per_million: Option<f64>,
     /// This process's CPU seconds over the same span.
