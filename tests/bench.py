@@ -528,7 +528,6 @@ def run_once(name, binary=BINARY, seed=None, profile=False):
             split = sampled_split(profiler, (delivery or {}).get("server_window_unix_secs"))
             if split and delivery:
                 delivery["server_samples"] = {"user": split[0], "kernel": split[1]}
-            delivery["server_sys_secs"] = delivery["server_cpu_secs"] * split[1] / sum(split)
         if delivery and delivery.get("server_cpu_secs") is not None and delivery["delivered"]:
             user = delivery["server_cpu_secs"] - delivery["server_sys_secs"]
             delivery["server_user_us_per_delivery"] = user / delivery["delivered"] * 1e6
